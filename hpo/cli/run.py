@@ -1,0 +1,50 @@
+"""``hpo run SPEC``: run a study on this machine and print its summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpo.cli._common import add_tracking_uri
+
+NAME = "run"
+HELP = "run the study a spec describes"
+EXAMPLES = """examples:
+  hpo run search_spaces/digits_mlp.yaml
+  hpo run search_spaces/digits_mlp.yaml --n-trials 50 --seed 1
+  hpo run search_spaces/digits_mlp.yaml --resume          # continue an interrupted study
+  hpo run spec.yaml --tracking-uri sqlite:////data/mlflow.db
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``hpo run``."""
+    p.add_argument("spec", help="path to the study's YAML spec")
+    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials to reach (overrides search.n_trials)")
+    p.add_argument("--seed", type=int, metavar="S", help="overrides search.seed")
+    add_tracking_uri(p)
+    p.add_argument("--executor", choices=["local"], help="where trials run (overrides execution.executor)")
+    p.add_argument("--resume", action="store_true", help="continue an existing study of the same name")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines, only the bar and the summary")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the study; exit 0 when it finished, 130 when interrupted."""
+    from rich.console import Console
+
+    from hpo.errors import SpecError
+    from hpo.progress import StudyProgress, summary_table
+    from hpo.spec import load_spec
+    from hpo.study import run
+
+    spec = load_spec(args.spec)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise SpecError([("--n-trials", f"must be >= 1 (got {args.n_trials})")])
+    console = Console()
+    result = run(spec, n_trials=args.n_trials, seed=args.seed, tracking_uri=args.tracking_uri,
+                 executor=args.executor, resume=args.resume, progress=StudyProgress(per_trial_lines=not args.quiet))
+    console.print(summary_table(result))
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: "
+                      f"hpo run {args.spec} --resume")
+        return 130
+    return 0

@@ -1,0 +1,42 @@
+"""``hpo validate SPEC``: check a spec and print the resolved search space."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "validate"
+HELP = "check a spec; print the resolved space, grid size and defaults (exit 2 on errors)"
+EXAMPLES = """examples:
+  hpo validate search_spaces/digits_mlp.yaml
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``hpo validate``."""
+    p.add_argument("spec", help="path to the study's YAML spec")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the resolved spec; SpecError (exit 2) when it is invalid."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hpo import space
+    from hpo.spec import load_spec
+
+    spec = load_spec(args.spec)
+    console = Console()
+    console.print(f"[green]ok[/]: {args.spec}")
+    console.print(f"study [bold]{spec.name}[/]: {spec.model} on {spec.data.dataset} ({spec.task}), "
+                  f"{spec.search.sampler} sampler, {spec.n_trials} trials, {spec.cv.folds}-fold CV, "
+                  f"metric {spec.metric} ({spec.direction}), pruner {spec.search.pruner}, seed {spec.search.seed}")
+    grid = spec.grid_size
+    if grid is not None:
+        console.print(f"grid size: {grid}")
+    console.print(f"tracking: {spec.tracking.uri} (experiment {spec.experiment}); executor "
+                  f"{spec.execution.executor}, device {spec.execution.device}")
+    table = Table("parameter", "kind", "values")
+    for row in space.describe(spec):
+        table.add_row(*row)
+    console.print(table)
+    return 0

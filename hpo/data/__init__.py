@@ -1,0 +1,27 @@
+"""Data sets for hpo: scikit-learn's bundled sets, MNIST-style IDX files, CIFAR, CSV.
+
+``load_dataset(name, ...)`` returns a :class:`Dataset` with a train/test split; every
+problem is reported as :class:`hpo.errors.DataError`. Importing this package is cheap:
+pandas, scikit-learn and mlxtend are imported by the loaders that need them.
+"""
+
+from __future__ import annotations
+
+from hpo.data._dataset import Dataset
+from hpo.data._download import MIRROR_ENV, SOURCES, Source, download
+from hpo.data._idx import read_idx
+from hpo.data._registry import DATASETS, DOWNLOADABLE, FILE_DATASETS, dataset_task, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "DOWNLOADABLE",
+    "FILE_DATASETS",
+    "MIRROR_ENV",
+    "SOURCES",
+    "Dataset",
+    "Source",
+    "dataset_task",
+    "download",
+    "load_dataset",
+    "read_idx",
+]

@@ -1,0 +1,61 @@
+"""The :class:`Dataset` container every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """A loaded data set with a fixed train/test split.
+
+    Images are ``(N, C, H, W)``: ``uint8`` in 0..255 (MNIST, CIFAR) or ``float32``
+    (digits, 0..16). Tabular features are ``(N, F)`` ``float32`` and are *not*
+    standardised (the trainer does that per fold). Classification labels are
+    ``int64`` in ``0..n_classes-1``; regression targets are ``float32``.
+
+    Equality and hashing are by identity (the fields are arrays).
+    """
+
+    name: str
+    task: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    is_image: bool
+    feature_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Dataset.task must be one of {TASKS}, got {self.task!r}")
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError(
+                f"Dataset {self.name!r}: x and y lengths differ "
+                f"(train {len(self.x_train)} vs {len(self.y_train)}, test {len(self.x_test)} vs {len(self.y_test)})"
+            )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(
+                f"Dataset {self.name!r}: train and test inputs differ in shape "
+                f"({self.x_train.shape[1:]} vs {self.x_test.shape[1:]})"
+            )
+        if (self.task == "regression") != (self.n_classes == 0):
+            raise ValueError(f"Dataset {self.name!r}: n_classes must be 0 exactly for regression")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input: ``(F,)`` for tabular data, ``(C, H, W)`` for images."""
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, task={self.task!r}, train={len(self.x_train)}, "
+            f"test={len(self.x_test)}, input_shape={self.input_shape}, x_dtype={self.x_train.dtype}, "
+            f"n_classes={self.n_classes}, is_image={self.is_image})"
+        )

@@ -1,0 +1,64 @@
+"""Shared building blocks for the model zoo: activation lookup and input-shape checks."""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "make_activation"]
+
+#: Activation name -> module class. Every class is constructible with no arguments.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Return a fresh activation module for ``name``.
+
+    Raises:
+        ValueError: ``name`` is not a key of :data:`ACTIVATIONS`.
+    """
+    try:
+        cls = ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(sorted(ACTIVATIONS))
+        raise ValueError(f"unknown activation {name!r}; expected one of: {valid}") from None
+    return cls()
+
+
+def check_dropout(dropout: float) -> float:
+    """Validate a dropout probability (must lie in ``[0, 1)``) and return it as a float."""
+    p = float(dropout)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return p
+
+
+def check_positive(name: str, value: int, *, allow_zero: bool = False) -> int:
+    """Validate an integer size hyperparameter and return it as an int."""
+    if isinstance(value, bool) or int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    low = 0 if allow_zero else 1
+    if v < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return v
+
+
+def check_image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
+    """Return ``(C, H, W)`` from ``input_shape`` or raise ``ValueError`` for a non-image shape."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"model {model!r} needs an image input of shape (C, H, W), got input_shape={shape}; "
+            "use model 'mlp' for tabular data"
+        )
+    if any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be positive, got {shape}")
+    return shape  # type: ignore[return-value]

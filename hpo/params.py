@@ -1,0 +1,109 @@
+"""The hyperparameters every objective understands: type, default, allowed values.
+
+This is the one place where defaults live. ``spec.py`` validates user values against
+these rules and ``space.py`` fills in the defaults of parameters a spec leaves out.
+No torch import here: validating a spec must stay instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "softplus")
+SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau")
+MODELS = ("mlp", "cnn", "resnet")
+RESNET_DEPTHS = (20, 32, 44, 56, 110)
+
+# Architecture defaults differ per model; everything else is shared.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"depth": 2, "width": 128, "batch_norm": False},
+    "cnn": {"depth": 2, "width": 32, "batch_norm": True},
+    "resnet": {"depth": 20, "width": 16, "batch_norm": True},
+}
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What one known hyperparameter accepts.
+
+    ``kind`` is ``float``, ``int``, ``bool`` or ``str``; ``rule`` returns an error text
+    for a bad value or ``None``; ``doc`` is what the README and ``hpo validate`` show.
+    """
+
+    kind: str
+    default: Any
+    doc: str
+    rule: Callable[[Any], str | None] = lambda v: None
+    choices: tuple[Any, ...] = ()
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    def check(v: Any) -> str | None:
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}"
+        return None
+
+    return check
+
+
+def _one_of(options: tuple[str, ...]):
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {', '.join(options)}"
+
+    return check
+
+
+PARAMS: dict[str, ParamInfo] = {
+    "lr": ParamInfo("float", 1e-3, "learning rate (peak rate for onecycle)", _range(0, lo_open=True)),
+    "batch_size": ParamInfo("int", 64, "examples per optimisation step", _range(1)),
+    "epochs": ParamInfo("int", 10, "passes over each fold's training part (upper bound with patience)", _range(1)),
+    "optimizer": ParamInfo("str", "adam", "torch.optim algorithm", _one_of(OPTIMIZERS), OPTIMIZERS),
+    "momentum": ParamInfo("float", 0.9, "momentum of sgd and rmsprop (ignored by the others)", _range(0, 1)),
+    "nesterov": ParamInfo("bool", False, "Nesterov momentum for sgd"),
+    "weight_decay": ParamInfo("float", 0.0, "L2 penalty (decoupled for adamw)", _range(0)),
+    "dropout": ParamInfo("float", 0.0, "dropout probability before each hidden/head layer", _range(0, 1, hi_open=True)),
+    "depth": ParamInfo(
+        "int", None, "mlp: hidden layers; cnn: conv blocks; resnet: total layers 6n+2 (20, 32, 44, 56, 110)", _range(0)
+    ),
+    "width": ParamInfo("int", None, "mlp: units per layer; cnn: first block's channels; resnet: base width", _range(1)),
+    "activation": ParamInfo("str", "relu", "non-linearity of every hidden layer", _one_of(ACTIVATIONS), ACTIVATIONS),
+    "batch_norm": ParamInfo("bool", None, "batch normalisation after each hidden layer (always on for resnet)"),
+    "scheduler": ParamInfo("str", "constant", "learning-rate schedule over the epochs", _one_of(SCHEDULERS), SCHEDULERS),
+    "label_smoothing": ParamInfo("float", 0.0, "cross-entropy label smoothing (classification)", _range(0, 1, hi_open=True)),
+    "grad_clip": ParamInfo("float", 0.0, "max gradient L2 norm; 0 = no clipping", _range(0)),
+    "patience": ParamInfo("int", 0, "early stop after this many epochs without improvement of the fold mean; 0 = off", _range(0)),
+    "augment": ParamInfo("bool", False, "images only: random crop (pad 1/8 of the side) + horizontal flip for 3-channel images"),
+}
+
+
+def default_value(name: str, model: str) -> Any:
+    """Return the default of parameter ``name`` for ``model``."""
+    if name in MODEL_DEFAULTS[model]:
+        return MODEL_DEFAULTS[model][name]
+    return PARAMS[name].default
+
+
+def check_value(name: str, value: Any, model: str) -> str | None:
+    """Return why ``value`` is not valid for parameter ``name`` under ``model``, or ``None``."""
+    info = PARAMS[name]
+    if info.kind == "bool":
+        if not isinstance(value, bool):
+            return f"must be true or false (got {value!r})"
+    elif info.kind == "str":
+        if not isinstance(value, str):
+            return f"must be a string (got {value!r})"
+    elif info.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer (got {value!r})"
+    elif info.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number (got {value!r})"
+    problem = info.rule(value)
+    if problem is None and name == "depth" and model == "resnet" and value not in RESNET_DEPTHS:
+        problem = f"must be one of {', '.join(map(str, RESNET_DEPTHS))} for resnet (6n+2)"
+    return None if problem is None else f"{problem} (got {value!r})"

@@ -1,0 +1,540 @@
+"""YAML study spec -> validated, frozen :class:`Spec`.
+
+Validation happens once, here, before anything is trained or written. Every problem is
+reported as ``FILE: KEY.PATH: RULE (got VALUE)``. This module imports neither torch nor
+MLflow, so ``hpo validate`` is instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpo.errors import SpecError
+from hpo.metrics import DEFAULT_METRIC, METRICS
+from hpo.params import MODEL_DEFAULTS, PARAMS, check_value, default_value
+
+MAX_SPEC_BYTES = 1 << 20  # a study spec is a few hundred bytes; refuse anything absurd
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "mnist_5k")
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "csv")
+DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS = BUILTIN_DATASETS + FILE_DATASETS
+IMAGE_DATASETS = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10", "cifar100")
+REGRESSION_DATASETS = ("diabetes",)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataSpec(_Section):
+    """``data:`` — which dataset and how to split it."""
+
+    dataset: str
+    path: str | None = None
+    target: str | None = None
+    task: Literal["classification", "regression"] | None = None
+    test_size: float = Field(0.2, gt=0, lt=1)
+    download: bool = False
+
+
+class SearchSpec(_Section):
+    """``search:`` — sampler, budget, objective."""
+
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    n_trials: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    metric: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+
+
+class CVSpec(_Section):
+    """``cv:`` — k-fold cross-validation."""
+
+    folds: int = Field(5, ge=2)
+
+
+class ExecutionSpec(_Section):
+    """``execution:`` — where trials run."""
+
+    executor: Literal["local", "ray"] = "local"
+    max_concurrent_trials: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrackingSpec(_Section):
+    """``tracking:`` — the MLflow store."""
+
+    uri: str = DEFAULT_TRACKING_URI
+    experiment: str | None = None
+    keep_checkpoints: int = Field(1, ge=0)
+
+
+class _RawSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+    data: DataSpec
+    model: Literal["mlp", "cnn", "resnet"]
+    search: SearchSpec = SearchSpec()
+    cv: CVSpec = CVSpec()
+    params: dict[str, Any] = Field(default_factory=dict)
+    execution: ExecutionSpec = ExecutionSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+
+# --------------------------------------------------------------------------- the space
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A parameter held at one value in every trial."""
+
+    name: str
+    value: Any
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range; both bounds inclusive (Optuna's convention, everywhere in hpo)."""
+
+    name: str
+    low: float
+    high: float
+    is_int: bool
+    log: bool = False
+    step: float | None = None
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def grid(self) -> list[Any]:
+        """The grid points of a stepped (or integer) range."""
+        step = self.step if self.step is not None else 1
+        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        return [self.low + i * step if self.is_int else round(self.low + i * step, 12) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical choice among listed values."""
+
+    name: str
+    choices: tuple[Any, ...]
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+Param = Fixed | Range | Choice
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated study spec. Every default is filled in; nothing here is optional."""
+
+    name: str
+    data: DataSpec
+    model: str
+    search: SearchSpec
+    cv: CVSpec
+    execution: ExecutionSpec
+    tracking: TrackingSpec
+    space: tuple[Param, ...]
+    task: str
+    metric: str
+    direction: str
+    n_trials: int
+    source: str = ""  # the YAML text as given
+    path: str | None = None  # where it was read from
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def experiment(self) -> str:
+        """MLflow experiment name (``tracking.experiment`` or the study name)."""
+        return self.tracking.experiment or self.name
+
+    @property
+    def spec_hash(self) -> str:
+        """Short SHA-256 of the YAML text: ties runs to the exact spec."""
+        return hashlib.sha256(self.source.encode()).hexdigest()[:12]
+
+    @property
+    def grid_size(self) -> int | None:
+        """Number of grid points, or ``None`` when the space is not a grid."""
+        size = 1
+        for p in self.space:
+            if isinstance(p, Choice):
+                size *= len(p.choices)
+            elif isinstance(p, Range):
+                if not p.is_int and p.step is None:
+                    return None
+                size *= len(p.grid())
+        return size
+
+    def fixed_params(self) -> dict[str, Any]:
+        """Every parameter's value where it does not vary: given fixed values and defaults."""
+        out = {name: default_value(name, self.model) for name in PARAMS}
+        out.update({p.name: p.value for p in self.space if isinstance(p, Fixed)})
+        return out
+
+    def replace(self, **changes: Any) -> Spec:
+        """Return a copy with top-level fields or ``search``/``tracking``/``execution`` keys changed.
+
+        Keys like ``n_trials``, ``seed``, ``tracking_uri``, ``executor`` are what the CLI overrides.
+        """
+        import dataclasses
+
+        search = self.search.model_copy(update={k: changes.pop(k) for k in ("seed",) if k in changes})
+        tracking = self.tracking
+        if "tracking_uri" in changes:
+            tracking = tracking.model_copy(update={"uri": changes.pop("tracking_uri")})
+        execution = self.execution
+        exec_keys = {k: changes.pop(k) for k in ("executor", "max_concurrent_trials", "device") if k in changes}
+        if exec_keys:
+            execution = execution.model_copy(update=exec_keys)
+        return dataclasses.replace(self, search=search, tracking=tracking, execution=execution, **changes)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe loader that refuses anchors/aliases: they let a tiny file expand to gigabytes."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed in a spec; write the value out")
+        return super().compose_node(parent, index)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate the spec at ``path``.
+
+    Returns the frozen :class:`Spec`. Raises :class:`SpecError` naming the file, the key path
+    and the rule of every problem found.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise SpecError([("", f"cannot read spec: {exc.strerror}")], str(path)) from None
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([("", f"spec is {size} bytes; a spec must be under {MAX_SPEC_BYTES} bytes")], str(path))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([("", f"cannot read spec: {exc}")], str(path)) from None
+    try:
+        return parse_spec(text, source_path=str(path))
+    except SpecError as exc:
+        raise exc.with_file(str(path)) from None
+
+
+def parse_spec(text: str, source_path: str | None = None) -> Spec:
+    """Parse and validate spec YAML ``text``; see :func:`load_spec`."""
+    try:
+        raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([("", f"not valid YAML{where}: {problem}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError([("", f"a spec must be a YAML mapping with keys name, data, model, ... (got {type(raw).__name__})")])
+    try:
+        parsed = _RawSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(exc)) from None
+    spec = _resolve(parsed, raw)
+    return _dc_replace(spec, source=text, path=source_path)
+
+
+def _dc_replace(spec: Spec, **kw: Any) -> Spec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **kw)
+
+
+def _closest(word: str, options: list[str] | tuple[str, ...]) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = _RawSpec
+    for part in loc:
+        fld = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(fld, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = list(parent.model_fields) if parent else []
+            rule = f"unknown key; valid keys here: {', '.join(valid)}{_closest(loc[-1], valid)}"
+        elif kind == "missing":
+            rule = "required key is missing"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            options = re.findall(r"'([^']*)'", expected)
+            rule = f"must be one of {', '.join(options)} (got {value!r}){_closest(value, options)}"
+        elif kind == "string_pattern_mismatch" and path == "name":
+            rule = f"must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit (got {value!r})"
+        elif kind in ("model_type", "dict_type"):
+            rule = f"must be a mapping of keys (got {type(value).__name__} {value!r})"
+        else:
+            msg = err["msg"]
+            msg = msg[0].lower() + msg[1:] if msg else msg
+            msg = msg.replace("input should be", "must be").replace("Input should be", "must be")
+            rule = f"{msg} (got {value!r})"
+        problems.append((path, rule))
+    return problems
+
+
+def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
+    problems: list[tuple[str, str]] = []
+    d = raw.data
+
+    # data
+    if d.dataset not in DATASETS:
+        problems.append(("data.dataset", f"unknown dataset {d.dataset!r}; known: {', '.join(DATASETS)}{_closest(d.dataset, DATASETS)}"))
+    if d.dataset in FILE_DATASETS and not d.path:
+        problems.append(("data.path", f"required for dataset {d.dataset} (a folder of its files{'' if d.dataset != 'csv' else '; a CSV file'})"))
+    if d.dataset in BUILTIN_DATASETS and d.path:
+        problems.append(("data.path", f"{d.dataset} is bundled with hpo's dependencies and takes no path (got {d.path!r})"))
+    if d.download and d.dataset not in DOWNLOADABLE:
+        problems.append(("data.download", f"only {', '.join(DOWNLOADABLE)} can be downloaded (dataset is {d.dataset})"))
+    if d.dataset == "csv":
+        if not d.target:
+            problems.append(("data.target", "required for csv: the name of the target column"))
+        if not d.task:
+            problems.append(("data.task", "required for csv: classification or regression"))
+    else:
+        for key in ("target", "task"):
+            if getattr(d, key) is not None:
+                problems.append((f"data.{key}", f"only for dataset csv (dataset is {d.dataset})"))
+    task = d.task or ("regression" if d.dataset in REGRESSION_DATASETS else "classification")
+
+    if raw.model in ("cnn", "resnet") and d.dataset in DATASETS and d.dataset not in IMAGE_DATASETS:
+        problems.append(("model", f"{raw.model} needs image data; {d.dataset} is tabular: use model: mlp"))
+
+    # search
+    s = raw.search
+    metric = s.metric or DEFAULT_METRIC[task]
+    if metric not in METRICS:
+        problems.append(("search.metric", f"unknown metric {metric!r}; known: {', '.join(METRICS)}{_closest(metric, list(METRICS))}"))
+        direction = s.direction or "maximize"
+    else:
+        info = METRICS[metric]
+        if info.task != task:
+            fits = [m for m, i in METRICS.items() if i.task == task]
+            problems.append(("search.metric", f"{metric} is a {info.task} metric but the task is {task}; use one of {', '.join(fits)}"))
+        direction = s.direction or info.direction
+        if s.direction and s.direction != info.direction:
+            problems.append(("search.direction", f"{metric} is better when {'higher' if info.direction == 'maximize' else 'lower'}: direction must be {info.direction} (got {s.direction})"))
+
+    # params
+    space = _parse_params(raw.params, raw.model, problems)
+
+    n_trials = s.n_trials
+    if s.sampler == "grid":
+        for p in space:
+            if isinstance(p, Range) and not p.is_int and p.step is None:
+                problems.append((f"params.{p.name}", "grid search needs a finite grid: give this float range a step, or list the values"))
+            if isinstance(p, Range) and p.log:
+                problems.append((f"params.{p.name}", "grid search cannot use log: true; list the values instead"))
+            if p.when:
+                problems.append((f"params.{p.name}.when", "grid search does not support conditional parameters; use sampler random or tpe, or list the combinations as separate specs"))
+    elif n_trials is None:
+        problems.append(("search.n_trials", f"required for sampler {s.sampler}: how many trials to run"))
+
+    if problems:
+        raise SpecError(problems)
+
+    spec = Spec(
+        name=raw.name, data=d, model=raw.model, search=s, cv=raw.cv, execution=raw.execution,
+        tracking=raw.tracking, space=tuple(space), task=task, metric=metric, direction=direction,
+        n_trials=0, raw=raw_dict,
+    )
+    if s.sampler == "grid":
+        grid = spec.grid_size or 1
+        n_trials = min(n_trials, grid) if n_trials else grid
+    return _dc_replace(spec, n_trials=int(n_trials))
+
+
+_RANGE_KEYS = ("low", "high", "log", "step", "when", "choices")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) -> tuple:
+    where = f"params.{name}.when"
+    if not isinstance(when, dict) or not when:
+        problems.append((where, f"must be a mapping of parameter -> value or list of values (got {when!r})"))
+        return ()
+    out = []
+    for other, values in when.items():
+        if other not in params:
+            problems.append((f"{where}.{other}", f"names a parameter that is not in params; give {other!r} a list of choices first{_closest(other, list(params))}"))
+            continue
+        if other == name:
+            problems.append((f"{where}.{other}", "a parameter cannot depend on itself"))
+            continue
+        vals = tuple(values) if isinstance(values, list) else (values,)
+        target = params[other]
+        if isinstance(target, dict) and isinstance(target.get("choices"), list):
+            target = target["choices"]
+        allowed = target if isinstance(target, list) else [target] if not isinstance(target, dict) else None
+        if allowed is None:
+            problems.append((f"{where}.{other}", f"{other} is a range; a condition must name a categorical parameter (a list)"))
+            continue
+        for v in vals:
+            if v not in allowed:
+                problems.append((f"{where}.{other}", f"{v!r} is not one of {other}'s values {allowed}"))
+        out.append((other, vals))
+    return tuple(out)
+
+
+def _parse_choices(name: str, value: Any, model: str, where: str, problems: list) -> tuple[Any, ...] | None:
+    if not isinstance(value, list):
+        problems.append((where, f"must be a list of values (got {value!r})"))
+        return None
+    if not value:
+        problems.append((where, "an empty list gives nothing to choose from; list at least one value"))
+        return None
+    bad_type = [v for v in value if isinstance(v, dict | list)]
+    if bad_type:
+        problems.append((where, f"choices must be plain values, not {type(bad_type[0]).__name__}s (got {bad_type[0]!r})"))
+        return None
+    if len(set(map(repr, value))) != len(value):
+        problems.append((where, f"choices must be distinct (got {value!r})"))
+        return None
+    errs = [e for e in (check_value(name, v, model) for v in value) if e]
+    if errs:
+        problems.append((where, errs[0]))
+        return None
+    return tuple(value)
+
+
+def _parse_params(params: dict[str, Any], model: str, problems: list) -> list[Param]:
+    space: list[Param] = []
+    for name, value in params.items():
+        where = f"params.{name}"
+        if name not in PARAMS:
+            problems.append((where, f"unknown parameter; known: {', '.join(PARAMS)}{_closest(name, list(PARAMS))}"))
+            continue
+        if name == "batch_norm" and model == "resnet" and value is not True:
+            problems.append((where, "resnet always uses batch norm; remove this key"))
+            continue
+        if isinstance(value, dict):
+            unknown = [k for k in value if k not in _RANGE_KEYS]
+            if unknown:
+                problems.append((f"{where}.{unknown[0]}", f"unknown key; a range takes {', '.join(_RANGE_KEYS)}{_closest(unknown[0], _RANGE_KEYS)}"))
+                continue
+            when = _parse_when(name, value["when"], params, problems) if "when" in value else ()
+            if "choices" in value:
+                extra = [k for k in value if k not in ("choices", "when")]
+                if extra:
+                    problems.append((f"{where}.{extra[0]}", "a mapping with choices takes only choices and when"))
+                    continue
+                choice = _parse_choices(name, value["choices"], model, f"{where}.choices", problems)
+                if choice is not None:
+                    space.append(Choice(name, choice, when) if len(choice) > 1 else Fixed(name, choice[0], when))
+                continue
+            if set(value) == {"when"}:
+                problems.append((where, "a conditional parameter needs low/high or a list of values"))
+                continue
+            if "low" not in value or "high" not in value:
+                missing = "low" if "low" not in value else "high"
+                problems.append((f"{where}.{missing}", "required key is missing: a range needs low and high"))
+                continue
+            low, high = value["low"], value["high"]
+            ok = True
+            for key, v in (("low", low), ("high", high)):
+                if not _is_num(v):
+                    problems.append((f"{where}.{key}", f"must be a number (got {v!r})"))
+                    ok = False
+            if not ok:
+                continue
+            info = PARAMS[name]
+            if info.kind not in ("int", "float"):
+                problems.append((where, f"{name} is a {info.kind} parameter: give a value or a list of values, not a range"))
+                continue
+            is_int = isinstance(low, int) and isinstance(high, int) and not isinstance(value.get("step"), float)
+            if info.kind == "int" and not is_int:
+                problems.append((where, f"{name} takes integers: low and high must be integers (got {low!r}, {high!r})"))
+                continue
+            if name == "depth" and model == "resnet":
+                problems.append((where, "resnet depth must be 6n+2: give a list, e.g. [20, 32, 44, 56]"))
+                continue
+            log = value.get("log", False)
+            step = value.get("step")
+            if not isinstance(log, bool):
+                problems.append((f"{where}.log", f"must be true or false (got {log!r})"))
+                continue
+            if low > high:
+                problems.append((where, f"low <= high must hold (got low={low!r}, high={high!r})"))
+                continue
+            if log and low <= 0:
+                problems.append((f"{where}.low", f"must be > 0 when log is true (got {low!r})"))
+                continue
+            if step is not None:
+                if not _is_num(step) or step <= 0:
+                    problems.append((f"{where}.step", f"must be a positive number (got {step!r})"))
+                    continue
+                if log:
+                    problems.append((f"{where}.step", "cannot be combined with log: true (Optuna's rule)"))
+                    continue
+            bad = [(k, check_value(name, v, model)) for k, v in (("low", low), ("high", high))]
+            bad = [(k, b) for k, b in bad if b]
+            if bad:
+                problems.append((f"{where}.{bad[0][0]}", bad[0][1]))
+                continue
+            if low == high:
+                space.append(Fixed(name, low, when))
+            else:
+                space.append(Range(name, low, high, is_int, log, step, when))
+        elif isinstance(value, list):
+            choice = _parse_choices(name, value, model, where, problems)
+            if choice is not None:
+                space.append(Choice(name, choice) if len(choice) > 1 else Fixed(name, choice[0]))
+        else:
+            err = check_value(name, value, model)
+            if err:
+                problems.append((where, err))
+                continue
+            space.append(Fixed(name, value))
+    return space
+
+
+__all__ = [
+    "Spec", "DataSpec", "SearchSpec", "CVSpec", "ExecutionSpec", "TrackingSpec",
+    "Fixed", "Range", "Choice", "Param", "load_spec", "parse_spec", "DATASETS", "MODEL_DEFAULTS",
+]

@@ -1,0 +1,550 @@
+"""A study: Optuna asks, an executor evaluates, Optuna is told; then the best is refit and tested.
+
+Data flow: spec -> dataset + folds -> Optuna study (sampler, pruner, storage) ->
+for each trial: suggest -> TrialSpec -> executor -> TrialResult -> tell + MLflow child run ->
+refit of the best on all training data -> test metrics, checkpoint, registered model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import subprocess
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo import space
+from hpo.errors import StudyExistsError
+from hpo.metrics import METRICS
+from hpo.spec import Spec, load_spec
+from hpo.trial import COMPLETE, FAILED, PRUNED, TrialResult, TrialSpec
+
+log = logging.getLogger("hpo")
+
+INTERRUPTED_ATTR = "hpo.interrupted"  # a trial cut short by Ctrl-C or a dead driver: re-queued on resume
+REQUEUED_ATTR = "hpo.requeued"
+
+
+@dataclass
+class StudyResult:
+    """What a finished study returns (also what ``hpo run`` prints)."""
+
+    name: str
+    metric: str
+    direction: str
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    test_metrics: dict[str, float]
+    counts: dict[str, int]
+    parent_run_id: str
+    experiment_id: str
+    model_uri: str | None
+    duration_s: float
+    trials: list[TrialResult] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class Interrupted(Exception):
+    """The study was stopped by SIGINT/SIGTERM; finished trials are kept."""
+
+
+def _sampler(spec: Spec, concurrency: int):
+    import optuna
+
+    seed = spec.search.seed
+    if spec.search.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = min(10, max(4, spec.n_trials // 3))  # short studies still get a model-guided phase
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=concurrency > 1)
+
+
+def _pruner(spec: Spec):
+    import optuna
+
+    name = spec.search.pruner
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
+    return optuna.pruners.NopPruner()
+
+
+def _storage(url: str):
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # a second process on the same file waits for the lock instead of failing at once
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def _lineage(spec: Spec) -> dict[str, str]:
+    import mlflow
+    import optuna
+    import torch
+
+    import hpo
+
+    tags = {
+        "hpo.spec_hash": spec.spec_hash,
+        "hpo.seed": str(spec.search.seed),
+        "hpo.version": hpo.__version__,
+        "torch.version": torch.__version__,
+        "optuna.version": optuna.__version__,
+        "mlflow.version": mlflow.__version__,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["hpo.git_commit"] = commit
+    return tags
+
+
+def _settings(spec: Spec) -> dict[str, Any]:
+    return {
+        "dataset": spec.data.dataset, "model": spec.model, "sampler": spec.search.sampler,
+        "n_trials": spec.n_trials, "seed": spec.search.seed, "metric": spec.metric,
+        "direction": spec.direction, "pruner": spec.search.pruner, "folds": spec.cv.folds,
+        "test_size": spec.data.test_size, "executor": spec.execution.executor,
+        "max_concurrent_trials": spec.execution.max_concurrent_trials,
+    }
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``. Raises HpoError for cuda without one."""
+    import torch
+
+    from hpo.errors import HpoError
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise HpoError("execution.device is cuda but torch sees no GPU; install a CUDA build of torch "
+                       "(see README, 'Using a GPU') or set execution.device: auto")
+    return requested
+
+
+class _TopK:
+    """The ``keep`` best complete trials, so their checkpoints can be kept and the rest deleted."""
+
+    def __init__(self, keep: int, direction: str) -> None:
+        self.keep, self.sign = keep, (-1.0 if direction == "maximize" else 1.0)
+        self.entries: list[tuple[float, int, str]] = []  # (sort key, number, run_id)
+
+    def offer(self, value: float, number: int, run_id: str) -> tuple[bool, list[str]]:
+        """Add a trial; returns (kept, run ids that dropped out)."""
+        if self.keep <= 0 or not math.isfinite(value):
+            return False, []
+        self.entries.append((self.sign * value, number, run_id))
+        self.entries.sort()
+        dropped = [e[2] for e in self.entries[self.keep:]]
+        self.entries = self.entries[: self.keep]
+        kept = any(e[1] == number for e in self.entries)
+        return kept, [r for r in dropped if r != run_id]
+
+
+class StudyRunner:
+    """Runs one study end to end. Most users call :func:`run` instead."""
+
+    def __init__(self, spec: Spec, *, resume: bool = False, progress: Any = None) -> None:
+        self.spec = spec
+        self.resume = resume
+        self.progress = progress
+        self._stop = False
+        self._started = 0.0
+
+    # ------------------------------------------------------------------ set-up
+
+    def _prepare(self) -> None:
+        import optuna
+
+        from hpo.data import load_dataset
+        from hpo.executors import LocalExecutor
+        from hpo.folds import make_folds
+        from hpo.tracking import Tracker, check_reachable, optuna_storage_for
+        from hpo.trial import FoldData
+
+        spec = self.spec
+        # data first: a bad dataset is an error before anything is written
+        self.dataset = load_dataset(spec.data.dataset, path=spec.data.path, target=spec.data.target,
+                                    task=spec.data.task, test_size=spec.data.test_size,
+                                    download=spec.data.download, seed=spec.search.seed)
+        folds = make_folds(self.dataset.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification")
+        self.device = resolve_device(spec.execution.device)
+        check_reachable(spec.tracking.uri)
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage_url = optuna_storage_for(spec.tracking.uri)
+        storage = _storage(self.storage_url)
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        if spec.name in existing and existing[spec.name].n_trials > 0 and not self.resume:
+            raise StudyExistsError(
+                f"study {spec.name!r} already has {existing[spec.name].n_trials} trials in {self.storage_url}. "
+                f"Continue it with: hpo run {spec.path or 'SPEC'} --resume (add --n-trials N to raise the budget), "
+                "or give the spec another name"
+            )
+        conc = spec.execution.max_concurrent_trials
+        self.study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                         sampler=_sampler(spec, conc), pruner=_pruner(spec), load_if_exists=True)
+        self.study.set_user_attr("hpo.spec_hash", spec.spec_hash)
+
+        self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name)
+        self.parent_id = self.tracker.start_study(spec, _settings(spec), _lineage(spec), reuse=self.resume)
+        self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
+
+        self.fold_data = FoldData.build(self.dataset.x_train, self.dataset.y_train, self.dataset.n_classes,
+                                        folds, self.device)
+        self.executor = LocalExecutor(self.fold_data, conc)
+        self.topk = _TopK(spec.tracking.keep_checkpoints, spec.direction)
+        self.best_run: str | None = None
+        self.best_value: float | None = None
+        self._rebuild_state()
+
+    def _rebuild_state(self) -> None:
+        """On resume: fail and re-queue trials a dead driver left RUNNING, re-queue interrupted ones."""
+        import optuna
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(REQUEUED_ATTR):
+                self.study.enqueue_trial(t.params, skip_if_exists=False)
+                self.study._storage.set_trial_user_attr(t._trial_id, REQUEUED_ATTR, True)
+                run_id = t.user_attrs.get("mlflow.run_id")
+                if run_id:
+                    try:
+                        self.tracker.client.set_terminated(run_id, status="KILLED")
+                    except Exception:  # the run may not exist any more; the trial re-runs either way
+                        pass
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            run_id = t.user_attrs.get("mlflow.run_id")
+            if run_id and t.value is not None:
+                self.topk.offer(t.value, t.number, run_id)
+                if self.best_value is None or (t.value > self.best_value) == (self.spec.direction == "maximize"):
+                    self.best_value, self.best_run = t.value, run_id
+        del optuna
+
+    def _finished_count(self) -> int:
+        from optuna.trial import TrialState
+
+        n = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                n += 1
+            elif t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR):
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ the loop
+
+    def _on_epoch(self, trial: Any, run_id: str):
+        tracker, key = self.tracker, f"val_{self.spec.metric}"
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            tracker.log_epoch(run_id, epoch, metrics)
+            trial.report(metrics[key], epoch)
+            return self._stop or trial.should_prune()
+
+        return on_epoch
+
+    def _launch(self) -> tuple[Future, Any, str, dict[str, Any]]:
+        spec = self.spec
+        trial = self.study.ask()
+        sampled = space.suggest(trial, spec)
+        params = space.resolve(spec, sampled)
+        run_id = self.tracker.start_trial(trial.number, params, sampled)
+        trial.set_user_attr("mlflow.run_id", run_id)
+        ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
+                       direction=spec.direction, seed=spec.search.seed, run_id=run_id)
+        fut = self.executor.submit(ts, self._on_epoch(trial, run_id))
+        return fut, trial, run_id, params
+
+    def _finish(self, result: TrialResult, trial: Any, run_id: str, params: dict[str, Any]) -> None:
+        from optuna.trial import TrialState
+
+        spec = self.spec
+        if self._stop and result.state == PRUNED and result.reason.startswith("pruned") and not trial.should_prune():
+            result.state, result.reason = "killed", "interrupted (SIGINT/SIGTERM); re-queued on --resume"
+        trial.set_user_attr("duration_s", round(result.duration_s, 3))
+        if result.fold_values:
+            trial.set_user_attr("fold_values", result.fold_values)
+            trial.set_user_attr("fold_best_epochs", result.fold_best_epochs)
+            trial.set_user_attr("cv_std", result.std)
+        if result.reason:
+            trial.set_user_attr("reason", result.reason)
+        if result.state == COMPLETE:
+            self.study.tell(trial, result.value)
+        elif result.state == PRUNED:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            if result.state == "killed":
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+        self.tracker.end_trial(run_id, result, spec.metric)
+        if result.state == COMPLETE and result.value is not None:
+            self._keep_checkpoint(result, run_id, params)
+            if self.best_value is None or (result.value > self.best_value) == (spec.direction == "maximize") \
+                    and result.value != self.best_value:
+                if self.best_run:
+                    self.tracker.client.delete_tag(self.best_run, "best")
+                self.tracker.set_tag(run_id, "best", "true")
+                self.best_value, self.best_run = result.value, run_id
+        result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
+        self.results.append(result)
+        if self.progress is not None:
+            self.progress.trial_done(result, self.best_value)
+
+    def _keep_checkpoint(self, result: TrialResult, run_id: str, params: dict[str, Any]) -> None:
+        from hpo.checkpoint import save_checkpoint
+        from hpo.tracking import CHECKPOINT_DIR, temp_dir
+
+        kept, dropped = self.topk.offer(result.value, result.number, run_id)
+        if kept and result.checkpoint is not None:
+            ds = self.dataset
+            path = Path(temp_dir()) / "trial.pt"
+            save_checkpoint(path, model=self.spec.model, params=params, input_shape=ds.input_shape,
+                            n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0,
+                            folds=result.checkpoint["folds"], extra={"best_epochs": result.fold_best_epochs,
+                                                                       "trial": result.number})
+            self.tracker.log_file(run_id, path, CHECKPOINT_DIR)
+            path.unlink()
+            path.parent.rmdir()
+        for old in dropped:
+            try:
+                self.tracker.delete_artifacts(old, CHECKPOINT_DIR)
+            except Exception as exc:  # a checkpoint we cannot delete costs disk, not correctness
+                log.warning("could not delete the checkpoint of run %s: %s", old, exc)
+
+    def _install_signals(self):
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop = True
+            if self.progress is not None:
+                self.progress.message("stopping: no new trials; running ones stop after their epoch "
+                                      "(press Ctrl-C again to stop now)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. inside a server): no signal handling
+                pass
+        return previous
+
+    def run(self, n_trials: int | None = None) -> StudyResult:
+        """Run trials until ``n_trials`` are finished (or the timeout / a signal), then refit and test."""
+        self._started = time.perf_counter()
+        self._prepare()
+        spec = self.spec
+        target = n_trials or spec.n_trials
+        if spec.search.sampler == "grid":
+            target = min(target, spec.grid_size or target)
+        self.results: list[TrialResult] = []
+        done_before = self._finished_count()
+        remaining = max(0, target - done_before)
+        if self.progress is not None:
+            self.progress.start(spec, total=target, done=done_before)
+        pending: dict[Future, tuple[Any, str, dict[str, Any]]] = {}
+        previous = self._install_signals()
+        launched = 0
+        interrupted = False
+        deadline = None if spec.search.timeout is None else self._started + spec.search.timeout
+        try:
+            while True:
+                while (not self._stop and launched < remaining and len(pending) < self.executor.max_concurrency
+                       and (deadline is None or time.perf_counter() < deadline)):
+                    fut, trial, run_id, params = self._launch()
+                    pending[fut] = (trial, run_id, params)
+                    launched += 1
+                    if fut.done():
+                        break
+                if not pending:
+                    break
+                finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    trial, run_id, params = pending.pop(fut)
+                    self._finish(fut.result(), trial, run_id, params)
+            interrupted = self._stop
+        except KeyboardInterrupt:
+            interrupted = True
+            self._abandon(pending)
+        finally:
+            for sig, prev in previous.items():
+                signal.signal(sig, prev)
+            self.executor.close()
+            if self.progress is not None:
+                self.progress.stop()
+
+        if interrupted:
+            self.tracker.end_study("KILLED")
+            return self._result(None, {}, interrupted=True)
+        model_uri, test_metrics = self._refit()
+        self.tracker.end_study("FINISHED")
+        return self._result(model_uri, test_metrics)
+
+    def _abandon(self, pending: dict[Future, tuple[Any, str, dict[str, Any]]]) -> None:
+        """Second Ctrl-C: record running trials as interrupted so a resume re-queues them."""
+        from optuna.trial import TrialState
+
+        for trial, run_id, _ in pending.values():
+            try:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.tracker.client.set_terminated(run_id, status="KILLED")
+                self.tracker.set_tag(run_id, "hpo.state", "killed")
+            except Exception as exc:  # keep going: the rest must still be closed
+                log.warning("could not close trial %s: %s", trial.number, exc)
+
+    # ------------------------------------------------------------------ refit and results
+
+    def _refit(self) -> tuple[str | None, dict[str, float]]:
+        """Train the best parameters on all training data, test once, save and register the model."""
+        import optuna
+        import torch
+
+        from hpo.checkpoint import save_checkpoint
+        from hpo.tracking import CHECKPOINT_DIR, temp_dir
+        from hpo.training import Data, Learner, evaluate
+
+        spec, ds = self.spec, self.dataset
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            log.warning("no trial completed; nothing to refit")
+            self._log_study_tables()
+            return None, {}
+        params = space.resolve(spec, best.params)
+        epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
+        refit_params = {**params, "epochs": epochs}
+        data = self.fold_data.data
+        all_idx = torch.arange(len(data.x), device=data.device)
+        learner = Learner(data, all_idx, spec.model, refit_params, seed=spec.search.seed * 7 + 1,
+                          direction=spec.direction, epochs=epochs)
+        for _ in range(epochs):
+            loss = learner.train_epoch()
+            learner.step_schedule(loss)
+        test = Data.from_arrays(ds.x_test, ds.y_test, ds.n_classes, data.device)
+        task_metrics = [m for m, info in METRICS.items() if info.task == spec.task]
+        test_metrics = evaluate(learner, test, task_metrics)
+
+        model = learner.model.to("cpu").float().eval()
+        if any(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4):
+            model = model.to(memory_format=torch.contiguous_format)
+        tmp = Path(temp_dir())
+        ckpt = save_checkpoint(tmp / "best.pt", model=spec.model, params=refit_params, input_shape=ds.input_shape,
+                               n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0, state=model.state_dict(),
+                               extra={"trial": best.number, "test_metrics": test_metrics, "spec": spec.raw,
+                                      "seed": spec.search.seed})
+        self.tracker.log_file(self.parent_id, ckpt, CHECKPOINT_DIR)
+        model_uri = self._log_model(model, ds)
+
+        summary = {f"best_cv_{spec.metric}": best.value, "best_trial": best.number, "refit_epochs": epochs}
+        summary.update({f"test_{k}": v for k, v in test_metrics.items()})
+        counts = self._counts()
+        summary.update({f"n_{k}": v for k, v in counts.items()})
+        tags = {f"hpo.best.{k}": str(v) for k, v in best.params.items()}
+        tags["hpo.best_trial"] = str(best.number)
+        if model_uri:
+            tags["hpo.model_uri"] = model_uri
+        self.tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
+        self._log_study_tables()
+        del optuna
+        return model_uri, test_metrics
+
+    def _log_model(self, model, ds) -> str | None:
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        import hpo
+
+        example = np.asarray(ds.x_test[:5], dtype=np.float32)
+        with torch.no_grad():
+            out = model(torch.from_numpy(example)).numpy()
+        signature = infer_signature(example, out)
+        with mlflow.start_run(run_id=self.parent_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", registered_model_name=self.spec.name, signature=signature,
+                input_example=example, code_paths=[str(Path(hpo.__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )
+        return info.model_uri
+
+    def _log_study_tables(self) -> None:
+        df = self.study.trials_dataframe()
+        tmp = Path(__import__("hpo.tracking", fromlist=["temp_dir"]).temp_dir()) / "trials.csv"
+        df.to_csv(tmp, index=False)
+        self.tracker.log_file(self.parent_id, tmp)
+
+    def _counts(self) -> dict[str, int]:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        return {
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR) for t in trials),
+        }
+
+    def _result(self, model_uri: str | None, test_metrics: dict[str, float], interrupted: bool = False) -> StudyResult:
+        try:
+            best = self.study.best_trial
+            bn, bv, bp = best.number, best.value, dict(best.params)
+        except ValueError:
+            bn, bv, bp = None, None, {}
+        return StudyResult(
+            name=self.spec.name, metric=self.spec.metric, direction=self.spec.direction, best_number=bn,
+            best_value=bv, best_params=bp, test_metrics=test_metrics, counts=self._counts(),
+            parent_run_id=self.parent_id, experiment_id=self.tracker.experiment_id, model_uri=model_uri,
+            duration_s=time.perf_counter() - self._started, trials=self.results, interrupted=interrupted,
+        )
+
+
+def run(spec: Spec | str | Path, *, n_trials: int | None = None, seed: int | None = None,
+        tracking_uri: str | None = None, executor: str | None = None, resume: bool = False,
+        progress: Any = None) -> StudyResult:
+    """Run a study from a :class:`Spec` or a spec file path; returns its :class:`StudyResult`.
+
+    Keyword overrides mirror the CLI flags. Raises :class:`~hpo.errors.HpoError` subclasses
+    for bad specs, data, tracking stores, or an existing study without ``resume``.
+    """
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    changes: dict[str, Any] = {}
+    if seed is not None:
+        changes["seed"] = seed
+    if tracking_uri is not None:
+        changes["tracking_uri"] = tracking_uri
+    if executor is not None:
+        changes["executor"] = executor
+    if changes:
+        spec = spec.replace(**changes)
+    if spec.execution.executor != "local":
+        from hpo.errors import HpoError
+
+        raise HpoError(f"executor {spec.execution.executor!r} is not available in this version; use executor: local")
+    return StudyRunner(spec, resume=resume, progress=progress).run(n_trials=n_trials)

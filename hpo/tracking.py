@@ -1,0 +1,226 @@
+"""MLflow adapter: one experiment per study, a parent run per study, a nested child run per trial.
+
+All calls go through :class:`mlflow.MlflowClient` with explicit run ids (no global active
+run), so trials on threads or other processes log into the right run. Per-epoch curves
+go out as one ``log_batch`` per epoch per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from hpo.errors import TrackingError
+
+STUDY_TAG = "hpo.study"
+ROLE_TAG = "hpo.role"  # "study" on the parent run, "trial" on child runs
+PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under its parent
+CHECKPOINT_DIR = "checkpoint"
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or ``None`` for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def optuna_storage_for(tracking_uri: str) -> str:
+    """Optuna's storage next to the tracking store: ``optuna.db`` beside a sqlite ``mlflow.db``,
+    else ``sqlite:///mlruns/optuna.db`` in the working directory."""
+    db = sqlite_path(tracking_uri)
+    folder = db.parent if db is not None else Path("mlruns")
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _flat(params: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+class Tracker:
+    """Records one study in MLflow: tracking URI, experiment name, study name."""
+
+    def __init__(self, uri: str, experiment: str, study: str) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model works through the fluent API
+        mlflow.set_registry_uri(uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                if exp.lifecycle_stage == "deleted":
+                    raise TrackingError(f"MLflow experiment {experiment!r} is deleted in {uri}; restore it "
+                                        "(mlflow experiments restore) or set tracking.experiment to another name")
+                self.experiment_id = exp.experiment_id
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise TrackingError(f"cannot use the tracking store {uri}: {type(exc).__name__}: {exc}. "
+                                "Check tracking.uri / --tracking-uri") from None
+        self.experiment = experiment
+        self.study = study
+        self.parent_id: str | None = None
+
+    # ------------------------------------------------------------------ study (parent run)
+
+    def find_study_run(self) -> str | None:
+        """The parent run id of this study in its experiment, if there is one."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STUDY_TAG}` = '{self.study}' and tags.`{ROLE_TAG}` = 'study'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def start_study(self, spec: Any, settings: dict[str, Any], tags: dict[str, str], reuse: bool) -> str:
+        """Open (or, with ``reuse``, re-open) the study's parent run; log its spec and settings."""
+        from mlflow.entities import Param, RunTag
+
+        run_id = self.find_study_run() if reuse else None
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=spec.name,
+                                         tags={STUDY_TAG: spec.name, ROLE_TAG: "study", **tags})
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in _flat(settings).items()])
+            if spec.source:
+                self.client.log_text(run_id, spec.source, f"spec/{Path(spec.path or 'spec.yaml').name}")
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.parent_id = run_id
+        return run_id
+
+    def end_study(self, status: str = "FINISHED") -> None:
+        """Close the parent run."""
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    # ------------------------------------------------------------------ trials (child runs)
+
+    def start_trial(self, number: int, params: dict[str, Any], sampled: dict[str, Any]) -> str:
+        """Create the nested child run of trial ``number`` with all its parameters."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_run_name(number, sampled),
+            tags={PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: "trial",
+                  "hpo.trial": str(number), "hpo.state": "running"},
+        )
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        """All of one epoch's numbers in one call (step = epoch)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()])
+
+    def end_trial(self, run_id: str, result: Any, metric: str) -> None:
+        """Final CV metrics, state and duration of a trial; closes its run."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000)
+        metrics = {"duration_s": result.duration_s, "epochs_trained": result.epochs_trained}
+        if result.value is not None:
+            metrics[f"cv_{metric}_mean"] = result.value
+            metrics[f"cv_{metric}_std"] = result.std
+            for k, v in enumerate(result.fold_values):
+                metrics[f"fold{k}/best_{metric}"] = v
+                metrics[f"fold{k}/best_epoch"] = result.fold_best_epochs[k]
+        tags = {"hpo.state": result.state}
+        if result.reason:
+            tags["hpo.reason"] = result.reason[:5000]
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status=STATUS[result.state])
+
+    # ------------------------------------------------------------------ artifacts
+
+    def log_file(self, run_id: str, local: Path, artifact_dir: str | None = None) -> None:
+        """Upload one local file into ``artifact_dir`` of ``run_id``."""
+        self.client.log_artifact(run_id, str(local), artifact_dir)
+
+    def log_json(self, run_id: str, obj: Any, name: str) -> None:
+        """Write ``obj`` as a JSON artifact ``name``."""
+        self.client.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove ``path`` from a run's artifacts (used to drop checkpoints that left the top k)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.client.get_run(run_id)
+        get_artifact_repository(run.info.artifact_uri).delete_artifacts(path)
+
+    def download(self, run_id: str, path: str, dst: str) -> str:
+        """Download artifact ``path`` of ``run_id`` into ``dst``; returns the local path."""
+        return self.client.download_artifacts(run_id, path, dst)
+
+    def log_summary(self, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str]) -> None:
+        """Study-level results on the parent run."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(time.time() * 1000)
+        existing = self.client.get_run(self.parent_id).data.params
+        new_params = {k: v for k, v in _flat(params).items() if k not in existing}
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in new_params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Set one tag."""
+        self.client.set_tag(run_id, key, value)
+
+
+def trial_run_name(number: int, sampled: dict[str, Any]) -> str:
+    """A child run name a person can read in the runs table, e.g. ``trial-007 lr=3.1e-03 optimizer=adamw``."""
+    parts = []
+    for k, v in sampled.items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.2g}")
+        else:
+            parts.append(f"{k}={v}")
+    return (f"trial-{number:03d} " + " ".join(parts)).strip()[:250]
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` when an HTTP tracking server does not answer."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise OSError(f"HTTP {resp.status}")
+    except Exception as exc:
+        raise TrackingError(f"the tracking server {uri} is not reachable ({exc}); start it "
+                            "(mlflow server ...) or pass another --tracking-uri") from None
+
+
+def temp_dir() -> str:
+    """A private temporary directory for artifacts on their way to MLflow."""
+    return tempfile.mkdtemp(prefix="hpo-")
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

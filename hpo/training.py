@@ -1,0 +1,263 @@
+"""The model-independent training loop.
+
+A :class:`Learner` owns one model, its optimizer and schedule, and the normalisation
+statistics of its own training indices. It knows nothing about MLP vs ResNet and nothing
+about Optuna or MLflow: it trains an epoch, predicts, and remembers its best epoch.
+Data stays in device tensors; a batch is an index gather, never a Python-side copy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpo.metrics import compute_metric, is_better
+from hpo.models import build_model
+
+EVAL_BATCH = 4096  # examples per forward pass when predicting (no gradients)
+_INIT_LOCK = threading.Lock()  # torch's global RNG seeds model init; trials may run in threads
+
+
+class Standardized(nn.Module):
+    """A network with its input standardisation (and, for regression, target scaling) built in.
+
+    ``forward`` takes raw inputs (uint8 images or float features) and returns logits
+    (classification) or predictions in target units (regression); this is what is saved,
+    logged to MLflow and served.
+    """
+
+    def __init__(self, net: nn.Module, x_mean: torch.Tensor, x_std: torch.Tensor,
+                 regression: bool = False, y_mean: float = 0.0, y_std: float = 1.0) -> None:
+        super().__init__()
+        self.net = net
+        self.regression = regression
+        self.register_buffer("x_mean", x_mean.float())
+        self.register_buffer("x_std", x_std.float())
+        self.register_buffer("y_mean", torch.tensor(float(y_mean)))
+        self.register_buffer("y_std", torch.tensor(float(y_std)))
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output in training space (standardised targets for regression)."""
+        return self.net((x.float() - self.x_mean) / self.x_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.scaled(x)
+        if self.regression:
+            return out.squeeze(-1) * self.y_std + self.y_mean  # (B,)
+        return out  # (B, n_classes)
+
+
+def fit_stats(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``x[idx]``: per feature for (N, F), per channel for (N, C, H, W)."""
+    part = x[idx].float()
+    dims = (0,) if part.dim() == 2 else (0, 2, 3)
+    mean = part.mean(dim=dims, keepdim=True)[0]
+    std = part.std(dim=dims, keepdim=True)[0]
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)  # constant features stay as they are
+    return mean, std
+
+
+def make_optimizer(params: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer named by ``params['optimizer']``."""
+    name, lr, wd = params["optimizer"], params["lr"], params["weight_decay"]
+    p = model.parameters()
+    if name == "sgd":
+        mom = params["momentum"]
+        return torch.optim.SGD(p, lr=lr, momentum=mom, nesterov=bool(params["nesterov"]) and mom > 0, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(p, lr=lr, momentum=params["momentum"], weight_decay=wd)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+           "adadelta": torch.optim.Adadelta, "adamax": torch.optim.Adamax}[name]
+    return cls(p, lr=lr, weight_decay=wd)
+
+
+def make_scheduler(params: dict[str, Any], opt: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
+    """The learning-rate schedule named by ``params['scheduler']`` (``None`` for constant)."""
+    name = params["scheduler"]
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["lr"], total_steps=max(2, epochs * steps_per_epoch))
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=max(1, epochs // 10))
+    return None
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (zero pad 1/8 of the side) and, for 3-channel images, horizontal flip."""
+    b, c, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    out = xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols]  # (B, H, W, C)
+    out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+    if c == 3:  # flipping digits changes their meaning; natural images keep theirs
+        flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out.contiguous()
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Data:
+    """A dataset's training (or test) tensors on the device a trial trains on."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_classes: int
+    device: torch.device
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, n_classes: int, device: torch.device | str) -> Data:
+        """Move arrays to ``device`` once (uint8 images stay uint8 to save memory)."""
+        dev = torch.device(device)
+        xt = torch.as_tensor(x).to(dev)
+        yt = torch.as_tensor(y).to(dev)
+        yt = yt.long() if n_classes else yt.float()
+        return cls(xt, yt, n_classes, dev)
+
+    @property
+    def is_image(self) -> bool:
+        return self.x.dim() == 4
+
+
+class Learner:
+    """Trains one model on ``train_idx`` of ``data``; tracks the best epoch on its validation set."""
+
+    def __init__(self, data: Data, train_idx: torch.Tensor, model_name: str, params: dict[str, Any],
+                 seed: int, direction: str, epochs: int) -> None:
+        self.data = data
+        self.train_idx = train_idx.to(data.device)
+        self.params = params
+        self.direction = direction
+        self.regression = data.n_classes == 0
+        cuda = data.device.type == "cuda"
+        x_mean, x_std = fit_stats(data.x, self.train_idx)
+        y_mean, y_std = 0.0, 1.0
+        if self.regression:
+            yt = data.y[self.train_idx]
+            y_mean, y_std = float(yt.mean()), float(yt.std().clamp_min(1e-6))
+        with _INIT_LOCK:
+            torch.manual_seed(seed)
+            net = build_model(model_name, input_shape=tuple(data.x.shape[1:]),
+                              n_outputs=data.n_classes or 1, params=params)
+        self.model = Standardized(net, x_mean, x_std, self.regression, y_mean, y_std).to(data.device)
+        self.channels_last = cuda and data.is_image
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
+        self.gen = torch.Generator().manual_seed(seed)
+        self.batch_size = int(params["batch_size"])
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_idx) / self.batch_size))
+        self.opt = make_optimizer(params, self.model)
+        self.sched = make_scheduler(params, self.opt, self.steps_per_epoch, epochs)
+        if self.regression:
+            self.loss_fn: nn.Module = nn.MSELoss()
+        else:
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _target(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.model.y_mean) / self.model.y_std if self.regression else y
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return self.loss_fn(out.squeeze(-1).float(), self._target(y))
+        return self.loss_fn(out.float(), y)
+
+    def train_epoch(self) -> float:
+        """One pass over the training indices in a fresh random order; returns the mean loss."""
+        self.model.train()
+        x, y = self.data.x, self.data.y
+        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen).to(self.data.device)]
+        total = torch.zeros((), device=self.data.device)
+        clip = float(self.params["grad_clip"])
+        augment = bool(self.params["augment"]) and self.data.is_image
+        for start in range(0, len(perm), self.batch_size):
+            idx = perm[start:start + self.batch_size]
+            xb, yb = x[idx], y[idx]
+            if augment:
+                xb = augment_batch(xb, self.gen)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            if self.autocast is not None:
+                with self.autocast:
+                    loss = self._loss(self.model.scaled(xb), yb)
+            else:
+                loss = self._loss(self.model.scaled(xb), yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.opt.step()
+            if self.sched is not None and self.params["scheduler"] == "onecycle":
+                self.sched.step()
+            total += loss.detach() * len(idx)
+        mean_loss = float(total) / len(perm)
+        if not math.isfinite(mean_loss):
+            raise Diverged(f"training loss became {mean_loss}")
+        return mean_loss
+
+    @torch.inference_mode()
+    def predict(self, data: Data, idx: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+        """Outputs for ``data.x[idx]`` (probabilities or target-unit predictions) and the mean loss."""
+        self.model.eval()
+        n = len(data.x) if idx is None else len(idx)
+        outs, loss_sum = [], 0.0
+        for start in range(0, n, EVAL_BATCH):
+            sel = slice(start, start + EVAL_BATCH)
+            xb = data.x[sel] if idx is None else data.x[idx[sel]]
+            yb = data.y[sel] if idx is None else data.y[idx[sel]]
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            if self.autocast is not None:
+                with self.autocast:
+                    out = self.model.scaled(xb).float()
+            else:
+                out = self.model.scaled(xb).float()
+            loss_sum += float(self._loss(out, yb)) * len(yb)
+            if self.regression:
+                outs.append((out.squeeze(-1) * self.model.y_std + self.model.y_mean).cpu())
+            else:
+                outs.append(torch.softmax(out, dim=1).cpu())
+        return torch.cat(outs).numpy(), loss_sum / max(1, n)
+
+    def step_schedule(self, loss: float) -> None:
+        """Advance a per-epoch learning-rate schedule (``plateau`` watches ``loss``)."""
+        if self.sched is not None:
+            if self.params["scheduler"] == "plateau":
+                self.sched.step(loss)
+            elif self.params["scheduler"] != "onecycle":
+                self.sched.step()
+
+    def end_epoch(self, epoch: int, value: float, val_loss: float) -> bool:
+        """Step the schedule; remember the weights if ``value`` is this learner's best. True if it is."""
+        self.step_schedule(val_loss)
+        if is_better(value, self.best_value, self.direction):
+            self.best_value, self.best_epoch = value, epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            return True
+        return False
+
+
+def evaluate(learner: Learner, data: Data, metrics: list[str]) -> dict[str, float]:
+    """Every metric in ``metrics`` of ``learner``'s model on all of ``data``."""
+    out, _ = learner.predict(data)
+    y = data.y.cpu().numpy()
+    return {m: compute_metric(m, y, out, data.n_classes) for m in metrics}
