@@ -27,7 +27,7 @@ class SpecError(HpoError):
         prefix = f"{self.file}: " if self.file else ""
         return "\n".join(f"{prefix}{path}: {rule}" if path else f"{prefix}{rule}" for path, rule in self.problems)
 
-    def with_file(self, file: str) -> "SpecError":
+    def with_file(self, file: str) -> SpecError:
         """Return the same problems attributed to ``file``."""
         return SpecError(self.problems, file)
 

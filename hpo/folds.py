@@ -7,7 +7,8 @@ import numpy as np
 from hpo.errors import DataError
 
 
-def make_folds(y: np.ndarray, k: int, seed: int, stratified: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_folds(y: np.ndarray, k: int, seed: int, stratified: bool,
+               class_names: tuple[str, ...] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return ``k`` ``(train_idx, val_idx)`` pairs over ``len(y)`` examples.
 
     Stratified (``StratifiedKFold``) for classification, plain ``KFold`` otherwise; shuffled
@@ -22,7 +23,9 @@ def make_folds(y: np.ndarray, k: int, seed: int, stratified: bool) -> list[tuple
     if stratified:
         classes, counts = np.unique(y, return_counts=True)
         if counts.min() < k:
-            smallest = classes[counts.argmin()]
+            smallest = classes[counts.argmin()].item()
+            if class_names and 0 <= smallest < len(class_names):
+                smallest = class_names[smallest]
             raise DataError(
                 f"cv.folds: {k} stratified folds need at least {k} examples of every class, "
                 f"but class {smallest!r} has {counts.min()} in the training split; lower cv.folds"

@@ -7,6 +7,7 @@ No torch import here: validating a spec must stay instant.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,8 @@ def check_value(name: str, value: Any, model: str) -> str | None:
     elif info.kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"must be a number (got {value!r})"
+        if not math.isfinite(value):
+            return f"must be a finite number (got {value!r})"
     problem = info.rule(value)
     if problem is None and name == "depth" and model == "resnet" and value not in RESNET_DEPTHS:
         problem = f"must be one of {', '.join(map(str, RESNET_DEPTHS))} for resnet (6n+2)"

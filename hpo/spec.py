@@ -213,10 +213,22 @@ class _NoAliasLoader(yaml.SafeLoader):
     """Safe loader that refuses anchors/aliases: they let a tiny file expand to gigabytes."""
 
     def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed in a spec; write the value out")
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a spec; write the value out",
+                event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML anchors (&{event.anchor}) are not allowed in a spec; write the value out",
+                event.start_mark)
         return super().compose_node(parent, index)
+
+
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 and 1.0e4 as strings, so `lr: 1e-4` would fail as "not a number".
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -408,6 +420,9 @@ def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) ->
             problems.append((f"{where}.{other}", "a parameter cannot depend on itself"))
             continue
         vals = tuple(values) if isinstance(values, list) else (values,)
+        if not vals:
+            problems.append((f"{where}.{other}", f"an empty list never matches; list at least one of {other}'s values"))
+            continue
         target = params[other]
         if isinstance(target, dict) and isinstance(target.get("choices"), list):
             target = target["choices"]
@@ -506,7 +521,7 @@ def _parse_params(params: dict[str, Any], model: str, problems: list) -> list[Pa
                 problems.append((f"{where}.low", f"must be > 0 when log is true (got {low!r})"))
                 continue
             if step is not None:
-                if not _is_num(step) or step <= 0:
+                if not _is_num(step) or not math.isfinite(step) or step <= 0:
                     problems.append((f"{where}.step", f"must be a positive number (got {step!r})"))
                     continue
                 if log:
@@ -531,7 +546,28 @@ def _parse_params(params: dict[str, Any], model: str, problems: list) -> list[Pa
                 problems.append((where, err))
                 continue
             space.append(Fixed(name, value))
+    _check_cycles(space, problems)
     return space
+
+
+def _check_cycles(space: list[Param], problems: list) -> None:
+    """Refuse ``when`` conditions that depend on each other in a circle: no parent-first order exists."""
+    deps = {p.name: [d for d, _ in p.when] for p in space}
+    for start in deps:
+        path, todo = [start], [(start, iter(deps[start]))]
+        while todo:
+            _, it = todo[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                todo.pop()
+                path.pop()
+            elif nxt == start:
+                cycle = " -> ".join([*path, start])
+                problems.append((f"params.{start}.when", f"conditions form a cycle ({cycle}); a parameter cannot depend on itself, even through others"))
+                return
+            elif nxt in deps and nxt not in path:
+                path.append(nxt)
+                todo.append((nxt, iter(deps[nxt])))
 
 
 __all__ = [

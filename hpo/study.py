@@ -23,7 +23,7 @@ from hpo import space
 from hpo.errors import StudyExistsError
 from hpo.metrics import METRICS
 from hpo.spec import Spec, load_spec
-from hpo.trial import COMPLETE, FAILED, PRUNED, TrialResult, TrialSpec
+from hpo.trial import COMPLETE, PRUNED, TrialResult, TrialSpec
 
 log = logging.getLogger("hpo")
 
@@ -60,11 +60,30 @@ def _sampler(spec: Spec, concurrency: int):
 
     seed = spec.search.seed
     if spec.search.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+        return _AskTellGridSampler(space.grid(spec), seed=seed)
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(4, spec.n_trials // 3))  # short studies still get a model-guided phase
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=concurrency > 1)
+
+
+def _grid_sampler_class():
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """GridSampler for the ask/tell loop: the loop stops at the grid size itself.
+
+        Optuna's ``after_trial`` calls ``study.stop()``, which only works inside ``optimize``.
+        """
+
+        def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
+            return None
+
+    return AskTellGridSampler
+
+
+def _AskTellGridSampler(search_space, seed):  # noqa: N802 - reads like the class it builds
+    return _grid_sampler_class()(search_space, seed=seed)
 
 
 def _pruner(spec: Spec):
@@ -189,7 +208,8 @@ class StudyRunner:
         self.dataset = load_dataset(spec.data.dataset, path=spec.data.path, target=spec.data.target,
                                     task=spec.data.task, test_size=spec.data.test_size,
                                     download=spec.data.download, seed=spec.search.seed)
-        folds = make_folds(self.dataset.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification")
+        folds = make_folds(self.dataset.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification",
+                          self.dataset.class_names)
         self.device = resolve_device(spec.execution.device)
         check_reachable(spec.tracking.uri)
 

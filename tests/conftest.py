@@ -1,0 +1,39 @@
+"""Shared fixtures: a temporary MLflow/Optuna store and spec files written on the fly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A sqlite tracking URI in a fresh temporary folder (Optuna's db lands beside it)."""
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write YAML text (dedented) to ``tmp_path/NAME.yaml`` and return the path."""
+
+    def _write(text: str, name: str = "spec") -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m hpo ARGS`` as a user would; returns the completed process."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)

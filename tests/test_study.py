@@ -1,0 +1,113 @@
+"""Real Optuna studies on real data into a real sqlite MLflow store in a temp dir."""
+
+from __future__ import annotations
+
+import itertools
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+import hpo
+from hpo.errors import StudyExistsError
+from hpo.tracking import optuna_storage_for
+
+IRIS = """
+name: {name}
+data: {{dataset: iris}}
+model: mlp
+search: {{sampler: {sampler}, n_trials: {n_trials}, seed: {seed}, pruner: {pruner}}}
+cv: {{folds: 2}}
+params:
+{params}
+tracking: {{keep_checkpoints: 1}}
+"""
+
+
+def iris_spec(write_spec, name="iris", sampler="tpe", n_trials=4, seed=0, pruner="none", params=None):
+    params = params or {"lr": "{low: 1.0e-3, high: 1.0e-1, log: true}", "width": "[8, 16]", "epochs": "3"}
+    body = "\n".join(f"  {k}: {v}" for k, v in params.items())
+    return write_spec(IRIS.format(name=name, sampler=sampler, n_trials=n_trials, seed=seed, pruner=pruner,
+                                  params=body), name)
+
+
+def trials(result, store):
+    study = optuna.load_study(study_name=result.name, storage=optuna_storage_for(store))
+    return study.get_trials()
+
+
+def test_tpe_same_seed_same_params_and_values(write_spec, tmp_path):
+    spec = iris_spec(write_spec, n_trials=5)
+    a = hpo.run(spec, tracking_uri=f"sqlite:///{tmp_path}/a/mlflow.db")
+    b = hpo.run(spec, tracking_uri=f"sqlite:///{tmp_path}/b/mlflow.db")
+    ta, tb = trials(a, f"sqlite:///{tmp_path}/a/mlflow.db"), trials(b, f"sqlite:///{tmp_path}/b/mlflow.db")
+    assert [t.params for t in ta] == [t.params for t in tb]
+    assert [t.value for t in ta] == [t.value for t in tb]
+    assert a.test_metrics == b.test_metrics
+    c = hpo.run(spec, tracking_uri=f"sqlite:///{tmp_path}/c/mlflow.db", seed=1)
+    assert [t.params for t in trials(c, f"sqlite:///{tmp_path}/c/mlflow.db")] != [t.params for t in ta]
+
+
+def test_grid_runs_exactly_its_grid(write_spec, store):
+    spec = iris_spec(write_spec, sampler="grid", n_trials=100,
+                     params={"lr": "[0.01, 0.05]", "width": "{low: 4, high: 12, step: 4}", "epochs": "2"})
+    result = hpo.run(spec, tracking_uri=store)
+    got = sorted((t.params["lr"], t.params["width"]) for t in trials(result, store))
+    assert got == sorted(itertools.product([0.01, 0.05], [4, 8, 12]))
+    assert result.counts["complete"] == 6
+
+
+def test_pruned_trials_are_recorded_with_fewer_epochs(write_spec, store):
+    spec = iris_spec(write_spec, sampler="random", n_trials=10, pruner="median", seed=3,
+                     params={"lr": "{low: 1.0e-6, high: 1.0e-1, log: true}", "optimizer": "sgd", "epochs": "8"})
+    result = hpo.run(spec, tracking_uri=store)
+    ts = trials(result, store)
+    pruned = [t for t in ts if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "the median pruner should stop the tiny learning rates"
+    client = MlflowClient(store)
+    for t in pruned:
+        run = client.get_run(t.user_attrs["mlflow.run_id"])
+        assert run.data.tags["hpo.state"] == "pruned"
+        assert run.data.metrics["epochs_trained"] < 8
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) < 8
+    assert result.counts["pruned"] == len(pruned)
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(write_spec, store):
+    spec = iris_spec(write_spec, sampler="grid",
+                     params={"lr": "[0.05, 1.0e+6]", "optimizer": "sgd", "momentum": "0.99", "epochs": "5"})
+    result = hpo.run(spec, tracking_uri=store)
+    states = {t.params["lr"]: t for t in trials(result, store)}
+    assert states[1e6].state == optuna.trial.TrialState.FAIL
+    assert "loss became" in states[1e6].user_attrs["reason"]
+    assert states[0.05].state == optuna.trial.TrialState.COMPLETE
+    run = MlflowClient(store).get_run(states[1e6].user_attrs["mlflow.run_id"])
+    assert run.info.status == "FAILED" and "loss became" in run.data.tags["hpo.reason"]
+    assert result.counts == {"complete": 1, "pruned": 0, "failed": 1}
+    assert result.test_metrics["accuracy"] > 0.5  # the refit still ran on the good trial
+
+
+def test_existing_study_needs_resume_and_resume_tops_up(write_spec, store):
+    spec = iris_spec(write_spec, n_trials=2)
+    first = hpo.run(spec, tracking_uri=store)
+    with pytest.raises(StudyExistsError, match="--resume"):
+        hpo.run(spec, tracking_uri=store)
+    second = hpo.run(spec, tracking_uri=store, resume=True, n_trials=4)
+    assert second.parent_run_id == first.parent_run_id
+    assert len(trials(second, store)) == 4
+    client = MlflowClient(store)
+    runs = client.search_runs([second.experiment_id])
+    assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
+    assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 4
+
+
+def test_checkpoints_kept_only_for_the_top_trials(write_spec, store):
+    spec = iris_spec(write_spec, n_trials=5)
+    result = hpo.run(spec, tracking_uri=store)
+    client = MlflowClient(store)
+    child = [r for r in client.search_runs([result.experiment_id]) if r.data.tags.get("hpo.role") == "trial"]
+    with_ckpt = [r for r in child if [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")]]
+    assert len(with_ckpt) == 1
+    best = [r for r in child if r.data.tags.get("best") == "true"]
+    assert len(best) == 1 and best[0].info.run_id == with_ckpt[0].info.run_id
+    assert int(best[0].data.tags["hpo.trial"]) == result.best_number
