@@ -109,4 +109,12 @@ def check_value(name: str, value: Any, model: str) -> str | None:
     problem = info.rule(value)
     if problem is None and name == "depth" and model == "resnet" and value not in RESNET_DEPTHS:
         problem = f"must be one of {', '.join(map(str, RESNET_DEPTHS))} for resnet (6n+2)"
-    return None if problem is None else f"{problem} (got {value!r})"
+    if problem is None:
+        return None
+    hint = ""
+    if info.choices and isinstance(value, str):
+        import difflib
+
+        close = difflib.get_close_matches(value, info.choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{problem} (got {value!r}){hint}"

@@ -224,6 +224,16 @@ class _NoAliasLoader(yaml.SafeLoader):
                 event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: each key may appear once per mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 # YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 and 1.0e4 as strings, so `lr: 1e-4` would fail as "not a number".
 _NoAliasLoader.add_implicit_resolver(
@@ -502,8 +512,10 @@ def _parse_params(params: dict[str, Any], model: str, problems: list) -> list[Pa
             if info.kind not in ("int", "float"):
                 problems.append((where, f"{name} is a {info.kind} parameter: give a value or a list of values, not a range"))
                 continue
-            is_int = isinstance(low, int) and isinstance(high, int) and not isinstance(value.get("step"), float)
-            if info.kind == "int" and not is_int:
+            # the parameter's kind decides: a float parameter stays float with integer bounds ({low: 0, high: 1})
+            is_int = info.kind == "int"
+            bounds_int = isinstance(low, int) and isinstance(high, int) and not isinstance(value.get("step"), float)
+            if is_int and not bounds_int:
                 problems.append((where, f"{name} takes integers: low and high must be integers (got {low!r}, {high!r})"))
                 continue
             if name == "depth" and model == "resnet":

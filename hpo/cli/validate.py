@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
                   f"{spec.search.sampler} sampler, {spec.n_trials} trials, {spec.cv.folds}-fold CV, "
                   f"metric {spec.metric} ({spec.direction}), pruner {spec.search.pruner}, seed {spec.search.seed}")
     grid = spec.grid_size
-    if grid is not None:
+    if spec.search.sampler == "grid" and grid is not None:
         console.print(f"grid size: {grid}")
     console.print(f"tracking: {spec.tracking.uri} (experiment {spec.experiment}); executor "
                   f"{spec.execution.executor}, device {spec.execution.device}")
