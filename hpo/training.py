@@ -98,10 +98,11 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     xp = nn.functional.pad(x, (pad, pad, pad, pad))
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
-    out = xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols]  # (B, H, W, C)
-    out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = ox[:, None] + torch.arange(w, device=x.device)  # (B, W)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)  # (B, C, H*W)
+    out = torch.gather(xp.reshape(b, c, hp * wp), 2, flat).reshape(b, c, h, w)  # (B, C, H, W)
     if c == 3:  # flipping digits changes their meaning; natural images keep theirs
         flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
