@@ -73,7 +73,11 @@ class ExecutionSpec(_Section):
     """``execution:`` — where trials run."""
 
     executor: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: cluster address (ray://, host:port); none = a local Ray for this study
     max_concurrent_trials: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)  # ray: CPUs each trial's worker holds
+    gpus_per_trial: float = Field(0.0, ge=0)  # ray: GPU share per trial; 0.5 = two trials per GPU
+    max_retries: int = Field(1, ge=0)  # ray: re-runs of a trial whose worker died
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -200,7 +204,8 @@ class Spec:
         if "tracking_uri" in changes:
             tracking = tracking.model_copy(update={"uri": changes.pop("tracking_uri")})
         execution = self.execution
-        exec_keys = {k: changes.pop(k) for k in ("executor", "max_concurrent_trials", "device") if k in changes}
+        exec_keys = {k: changes.pop(k) for k in ("executor", "address", "max_concurrent_trials", "device")
+                     if k in changes}
         if exec_keys:
             execution = execution.model_copy(update=exec_keys)
         return dataclasses.replace(self, search=search, tracking=tracking, execution=execution, **changes)
@@ -379,6 +384,12 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
         direction = s.direction or info.direction
         if s.direction and s.direction != info.direction:
             problems.append(("search.direction", f"{metric} is better when {'higher' if info.direction == 'maximize' else 'lower'}: direction must be {info.direction} (got {s.direction})"))
+
+    ex = raw.execution
+    if ex.gpus_per_trial > 0 and ex.device == "cpu":
+        problems.append(("execution.gpus_per_trial", f"asks for GPUs but execution.device is cpu (got {ex.gpus_per_trial})"))
+    if ex.gpus_per_trial > 1 and ex.gpus_per_trial != int(ex.gpus_per_trial):
+        problems.append(("execution.gpus_per_trial", f"above 1 must be a whole number of GPUs (got {ex.gpus_per_trial})"))
 
     # params
     space = _parse_params(raw.params, raw.model, problems)

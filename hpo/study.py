@@ -191,6 +191,7 @@ class StudyRunner:
         self.progress = progress
         self._stop = False
         self._started = 0.0
+        self._started_ray = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -198,10 +199,9 @@ class StudyRunner:
         import optuna
 
         from hpo.data import load_dataset
-        from hpo.executors import LocalExecutor
         from hpo.folds import make_folds
+        from hpo.reporting import EpochSink
         from hpo.tracking import Tracker, check_reachable, optuna_storage_for
-        from hpo.trial import FoldData
 
         spec = self.spec
         # data first: a bad dataset is an error before anything is written
@@ -232,13 +232,32 @@ class StudyRunner:
         self.parent_id = self.tracker.start_study(spec, _settings(spec), _lineage(spec), reuse=self.resume)
         self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
 
-        self.fold_data = FoldData.build(self.dataset.x_train, self.dataset.y_train, self.dataset.n_classes,
-                                        folds, self.device)
-        self.executor = LocalExecutor(self.fold_data, conc)
+        self.sink = EpochSink(self.tracker.client, self.study, spec.metric)
+        self.executor = self._executor(folds)
         self.topk = _TopK(spec.tracking.keep_checkpoints, spec.direction)
         self.best_run: str | None = None
         self.best_value: float | None = None
         self._rebuild_state()
+
+    def _executor(self, folds: list[tuple[np.ndarray, np.ndarray]]):
+        """The executor the spec asks for, with the training data placed where its trials run."""
+        spec, ds = self.spec, self.dataset
+        ex = spec.execution
+        if ex.executor == "ray":
+            from hpo.executors.ray import RayExecutor, connect
+
+            self._started_ray = connect(ex.address)
+            sink_args = {"tracking_uri": spec.tracking.uri, "storage_url": self.storage_url,
+                         "study_name": spec.name, "metric": spec.metric, "spec": spec}
+            return RayExecutor(x=ds.x_train, y=ds.y_train, n_classes=ds.n_classes, folds=folds, sink_args=sink_args,
+                               device=ex.device, max_concurrency=ex.max_concurrent_trials,
+                               cpus_per_trial=ex.cpus_per_trial, gpus_per_trial=ex.gpus_per_trial,
+                               max_retries=ex.max_retries)
+        from hpo.executors import LocalExecutor
+        from hpo.trial import FoldData
+
+        self.fold_data = FoldData.build(ds.x_train, ds.y_train, ds.n_classes, folds, self.device)
+        return LocalExecutor(self.fold_data, self.sink, ex.max_concurrent_trials)
 
     def _rebuild_state(self) -> None:
         """On resume: fail and re-queue trials a dead driver left RUNNING, re-queue interrupted ones."""
@@ -279,16 +298,6 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ the loop
 
-    def _on_epoch(self, trial: Any, run_id: str):
-        tracker, key = self.tracker, f"val_{self.spec.metric}"
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-            tracker.log_epoch(run_id, epoch, metrics)
-            trial.report(metrics[key], epoch)
-            return self._stop or trial.should_prune()
-
-        return on_epoch
-
     def _launch(self) -> tuple[Future, Any, str, dict[str, Any]]:
         spec = self.spec
         trial = self.study.ask()
@@ -298,14 +307,14 @@ class StudyRunner:
         trial.set_user_attr("mlflow.run_id", run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
                        direction=spec.direction, seed=spec.search.seed, run_id=run_id)
-        fut = self.executor.submit(ts, self._on_epoch(trial, run_id))
+        fut = self.executor.submit(ts)
         return fut, trial, run_id, params
 
     def _finish(self, result: TrialResult, trial: Any, run_id: str, params: dict[str, Any]) -> None:
         from optuna.trial import TrialState
 
         spec = self.spec
-        if self._stop and result.state == PRUNED and result.reason.startswith("pruned") and not trial.should_prune():
+        if self._stop and result.state == PRUNED:  # stopped by the signal, not by the pruner
             result.state, result.reason = "killed", "interrupted (SIGINT/SIGTERM); re-queued on --resume"
         trial.set_user_attr("duration_s", round(result.duration_s, 3))
         if result.fold_values:
@@ -364,6 +373,7 @@ class StudyRunner:
             if self._stop:  # second signal: stop now
                 raise KeyboardInterrupt
             self._stop = True
+            self.executor.stop_trials()
             if self.progress is not None:
                 self.progress.message("stopping: no new trials; running ones stop after their epoch "
                                       "(press Ctrl-C again to stop now)")
@@ -378,7 +388,25 @@ class StudyRunner:
     def run(self, n_trials: int | None = None) -> StudyResult:
         """Run trials until ``n_trials`` are finished (or the timeout / a signal), then refit and test."""
         self._started = time.perf_counter()
-        self._prepare()
+        try:
+            self._prepare()
+            interrupted = self._search(n_trials)
+            if interrupted:
+                self.tracker.end_study("KILLED")
+                return self._result(None, {}, interrupted=True)
+            model_uri, test_metrics = self._refit()
+            self.tracker.end_study("FINISHED")
+            return self._result(model_uri, test_metrics)
+        finally:
+            if getattr(self, "executor", None) is not None:
+                self.executor.close()
+            if self._started_ray:
+                import ray
+
+                ray.shutdown()
+
+    def _search(self, n_trials: int | None) -> bool:
+        """The ask -> evaluate -> tell loop; returns True when it was interrupted."""
         spec = self.spec
         target = n_trials or spec.n_trials
         if spec.search.sampler == "grid":
@@ -391,7 +419,6 @@ class StudyRunner:
         pending: dict[Future, tuple[Any, str, dict[str, Any]]] = {}
         previous = self._install_signals()
         launched = 0
-        interrupted = False
         deadline = None if spec.search.timeout is None else self._started + spec.search.timeout
         try:
             while True:
@@ -408,23 +435,15 @@ class StudyRunner:
                 for fut in finished:
                     trial, run_id, params = pending.pop(fut)
                     self._finish(fut.result(), trial, run_id, params)
-            interrupted = self._stop
+            return self._stop
         except KeyboardInterrupt:
-            interrupted = True
             self._abandon(pending)
+            return True
         finally:
             for sig, prev in previous.items():
                 signal.signal(sig, prev)
-            self.executor.close()
             if self.progress is not None:
                 self.progress.stop()
-
-        if interrupted:
-            self.tracker.end_study("KILLED")
-            return self._result(None, {}, interrupted=True)
-        model_uri, test_metrics = self._refit()
-        self.tracker.end_study("FINISHED")
-        return self._result(model_uri, test_metrics)
 
     def _abandon(self, pending: dict[Future, tuple[Any, str, dict[str, Any]]]) -> None:
         """Second Ctrl-C: record running trials as interrupted so a resume re-queues them."""
@@ -444,11 +463,10 @@ class StudyRunner:
     def _refit(self) -> tuple[str | None, dict[str, float]]:
         """Train the best parameters on all training data, test once, save and register the model."""
         import optuna
-        import torch
 
         from hpo.checkpoint import save_checkpoint
         from hpo.tracking import CHECKPOINT_DIR, temp_dir
-        from hpo.training import Data, Learner, evaluate
+        from hpo.trial import RefitJob
 
         spec, ds = self.spec, self.dataset
         try:
@@ -460,20 +478,10 @@ class StudyRunner:
         params = space.resolve(spec, best.params)
         epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
         refit_params = {**params, "epochs": epochs}
-        data = self.fold_data.data
-        all_idx = torch.arange(len(data.x), device=data.device)
-        learner = Learner(data, all_idx, spec.model, refit_params, seed=spec.search.seed * 7 + 1,
-                          direction=spec.direction, epochs=epochs)
-        for _ in range(epochs):
-            loss = learner.train_epoch()
-            learner.step_schedule(loss)
-        test = Data.from_arrays(ds.x_test, ds.y_test, ds.n_classes, data.device)
         task_metrics = [m for m, info in METRICS.items() if info.task == spec.task]
-        test_metrics = evaluate(learner, test, task_metrics)
-
-        model = learner.model.to("cpu").float().eval()
-        if any(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4):
-            model = model.to(memory_format=torch.contiguous_format)
+        job = RefitJob(model=spec.model, params=refit_params, epochs=epochs, seed=spec.search.seed * 7 + 1,
+                       direction=spec.direction, metrics=task_metrics)
+        model, test_metrics = self.executor.refit(job, ds)
         tmp = Path(temp_dir())
         ckpt = save_checkpoint(tmp / "best.pt", model=spec.model, params=refit_params, input_shape=ds.input_shape,
                                n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0, state=model.state_dict(),
@@ -545,8 +553,8 @@ class StudyRunner:
 
 
 def run(spec: Spec | str | Path, *, n_trials: int | None = None, seed: int | None = None,
-        tracking_uri: str | None = None, executor: str | None = None, resume: bool = False,
-        progress: Any = None) -> StudyResult:
+        tracking_uri: str | None = None, executor: str | None = None, address: str | None = None,
+        resume: bool = False, progress: Any = None) -> StudyResult:
     """Run a study from a :class:`Spec` or a spec file path; returns its :class:`StudyResult`.
 
     Keyword overrides mirror the CLI flags. Raises :class:`~hpo.errors.HpoError` subclasses
@@ -561,10 +569,8 @@ def run(spec: Spec | str | Path, *, n_trials: int | None = None, seed: int | Non
         changes["tracking_uri"] = tracking_uri
     if executor is not None:
         changes["executor"] = executor
+    if address is not None:
+        changes["address"] = address
     if changes:
         spec = spec.replace(**changes)
-    if spec.execution.executor != "local":
-        from hpo.errors import HpoError
-
-        raise HpoError(f"executor {spec.execution.executor!r} is not available in this version; use executor: local")
     return StudyRunner(spec, resume=resume, progress=progress).run(n_trials=n_trials)

@@ -144,7 +144,11 @@ class Tracker:
             for k, v in enumerate(result.fold_values):
                 metrics[f"fold{k}/best_{metric}"] = v
                 metrics[f"fold{k}/best_epoch"] = result.fold_best_epochs[k]
-        tags = {"hpo.state": result.state}
+        tags = {"hpo.state": result.state, "hpo.attempts": str(result.attempts)}
+        if result.worker:
+            tags["hpo.worker"] = result.worker[:500]
+            if " cuda " in f" {result.worker} ":
+                tags["hpo.gpu"] = result.worker.split(" cuda ", 1)[1][:500]
         if result.reason:
             tags["hpo.reason"] = result.reason[:5000]
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],

@@ -126,8 +126,9 @@ class Data:
     def from_arrays(cls, x: np.ndarray, y: np.ndarray, n_classes: int, device: torch.device | str) -> Data:
         """Move arrays to ``device`` once (uint8 images stay uint8 to save memory)."""
         dev = torch.device(device)
-        xt = torch.as_tensor(x).to(dev)
-        yt = torch.as_tensor(y).to(dev)
+        # arrays from Ray's object store are read-only; torch wants its own copy of those
+        xt = torch.as_tensor(x if x.flags.writeable else x.copy()).to(dev)
+        yt = torch.as_tensor(y if y.flags.writeable else y.copy()).to(dev)
         yt = yt.long() if n_classes else yt.float()
         return cls(xt, yt, n_classes, dev)
 

@@ -54,6 +54,8 @@ class TrialResult:
     reason: str = ""
     checkpoint: dict[str, Any] | None = None  # best-epoch weights of every fold, CPU tensors
     last_value: float | None = None  # last fold-mean reported (what a pruned trial is told with)
+    worker: str = ""  # where it ran: node, device
+    attempts: int = 1  # >1 when a lost worker made it run again
 
     @property
     def std(self) -> float:
@@ -78,7 +80,8 @@ class FoldData:
               folds: list[tuple[np.ndarray, np.ndarray]], device: str) -> FoldData:
         """Move ``x``, ``y`` and the fold indices to ``device`` once, for every trial to share."""
         data = Data.from_arrays(x, y, n_classes, device)
-        idx = [(torch.as_tensor(tr).to(data.device), torch.as_tensor(va).to(data.device)) for tr, va in folds]
+        idx = [(torch.as_tensor(np.asarray(tr).copy()).to(data.device), torch.as_tensor(np.asarray(va).copy()).to(data.device))
+               for tr, va in folds]
         return cls(data, idx)
 
 
@@ -159,3 +162,30 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
                              "best_epochs": result.fold_best_epochs}
     result.duration_s = time.perf_counter() - start
     return result
+
+
+@dataclass(frozen=True)
+class RefitJob:
+    """The best parameters, trained once on all training data and tested on the held-out split."""
+
+    model: str
+    params: dict[str, Any]
+    epochs: int
+    seed: int
+    direction: str
+    metrics: list[str]
+
+
+def run_refit(job: RefitJob, data: Data, x_test: np.ndarray, y_test: np.ndarray) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Train ``job`` on all of ``data`` (the training split, on its device); returns the CPU model
+    (eval mode) and its metrics on the test split."""
+    from hpo.training import evaluate
+
+    learner = Learner(data, torch.arange(len(data.x), device=data.device), job.model, job.params, seed=job.seed,
+                      direction=job.direction, epochs=job.epochs)
+    for _ in range(job.epochs):
+        learner.step_schedule(learner.train_epoch())
+    test = Data.from_arrays(x_test, y_test, data.n_classes, data.device)
+    metrics = evaluate(learner, test, job.metrics)
+    model = learner.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
+    return model, metrics

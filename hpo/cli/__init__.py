@@ -11,12 +11,19 @@ import os
 import sys
 from collections.abc import Sequence
 
+from hpo.cli import cancel as cancel_cmd
+from hpo.cli import compare as compare_cmd
+from hpo.cli import dashboard as dashboard_cmd
+from hpo.cli import jobs as jobs_cmd
+from hpo.cli import report as report_cmd
 from hpo.cli import run as run_cmd
 from hpo.cli import show as show_cmd
+from hpo.cli import submit as submit_cmd
 from hpo.cli import ui as ui_cmd
 from hpo.cli import validate as validate_cmd
 
-COMMANDS = (run_cmd, validate_cmd, show_cmd, ui_cmd)
+COMMANDS = (run_cmd, validate_cmd, show_cmd, compare_cmd, report_cmd, ui_cmd, dashboard_cmd, submit_cmd, jobs_cmd,
+            cancel_cmd)
 
 EPILOG = """examples:
   hpo validate search_spaces/digits_mlp.yaml

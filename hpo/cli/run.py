@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   hpo run search_spaces/digits_mlp.yaml --n-trials 50 --seed 1
   hpo run search_spaces/digits_mlp.yaml --resume          # continue an interrupted study
   hpo run spec.yaml --tracking-uri sqlite:////data/mlflow.db
+  hpo run spec.yaml --executor ray                       # a local Ray sized to this machine
+  hpo run spec.yaml --executor ray --address ray://head:10001
 """
 
 
@@ -22,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=int, metavar="N", help="finished trials to reach (overrides search.n_trials)")
     p.add_argument("--seed", type=int, metavar="S", help="overrides search.seed")
     add_tracking_uri(p)
-    p.add_argument("--executor", choices=["local"], help="where trials run (overrides execution.executor)")
+    p.add_argument("--executor", choices=["local", "ray"], help="where trials run (overrides execution.executor)")
+    p.add_argument("--address", metavar="ADDR", help="ray: cluster to join (overrides execution.address; "
+                   "default RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue an existing study of the same name")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines, only the bar and the summary")
 
@@ -41,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
         raise SpecError([("--n-trials", f"must be >= 1 (got {args.n_trials})")])
     console = Console()
     result = run(spec, n_trials=args.n_trials, seed=args.seed, tracking_uri=args.tracking_uri,
-                 executor=args.executor, resume=args.resume, progress=StudyProgress(per_trial_lines=not args.quiet))
+                 executor=args.executor, address=args.address, resume=args.resume, progress=StudyProgress(per_trial_lines=not args.quiet))
     console.print(summary_table(result))
     if result.interrupted:
         console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: "

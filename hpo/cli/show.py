@@ -1,9 +1,12 @@
-"""``hpo show NAME``: a study's trials, best first."""
+"""``hpo show NAME``: a study's trials, best first (a rich table, or CSV / JSON for scripts)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from typing import Any
 
 from hpo.cli._common import add_tracking_uri, open_study
 
@@ -12,50 +15,190 @@ HELP = "print a study's trials as a table, best first"
 EXAMPLES = """examples:
   hpo show digits-mlp
   hpo show digits-mlp --csv > trials.csv
+  hpo show digits-mlp --json | jq '.trials[0].params'
 """
 
-STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
+STATE_STYLE = {"complete": "green", "pruned": "yellow", "failed": "red", "running": "cyan", "waiting": "dim",
+               "interrupted": "magenta"}
+STATE_NAME = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+              "WAITING": "waiting"}
+STATE_ORDER = {"complete": 0, "pruned": 1, "failed": 2, "interrupted": 3, "running": 4, "waiting": 5}
+INTERRUPTED_ATTR = "hpo.interrupted"  # = hpo.study.INTERRUPTED_ATTR (not imported: that pulls in torch)
+METRIC_ATTR = "hpo.metric"  # = hpo.report.METRIC_ATTR; spares `hpo show` the MLflow import when present
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``hpo show``."""
     p.add_argument("name", help="study name (the spec's name)")
     add_tracking_uri(p)
-    p.add_argument("--csv", action="store_true", help="write CSV to stdout instead of a table")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="write CSV to stdout instead of a table")
+    fmt.add_argument("--json", action="store_true", help="write JSON to stdout instead of a table")
 
 
-def trials_frame(study):
-    """The study's trials as a DataFrame sorted best first (finished before unfinished)."""
-    df = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
-    if df.empty:
-        return df
-    ascending = study.direction.name == "MINIMIZE"
-    df = df.sort_values("value", ascending=ascending, na_position="last", kind="stable")
-    return df
+def trial_state(trial: Any) -> str:
+    """complete | pruned | failed | interrupted (cut short by Ctrl-C, re-queued on --resume) | running | waiting."""
+    name = STATE_NAME.get(trial.state.name, trial.state.name.lower())
+    if name == "failed" and trial.user_attrs.get(INTERRUPTED_ATTR):
+        return "interrupted"
+    return name
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """One dict per trial, best first: complete trials by value (in the study's direction), then
+    pruned, failed, interrupted and unfinished ones by number.
+
+    Keys: number, state, value, cv_std, epochs (epochs reported), duration_s, params, best,
+    run_id (the MLflow child run), reason.
+    """
+    trials = study.get_trials(deepcopy=False)
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    try:
+        best = study.best_trial.number
+    except ValueError:
+        best = None
+    rows = []
+    for t in trials:
+        state = trial_state(t)
+        value = _num(t.value) if state == "complete" else None
+        duration = t.user_attrs.get("duration_s")
+        if duration is None and t.datetime_start and t.datetime_complete:
+            duration = (t.datetime_complete - t.datetime_start).total_seconds()
+        rows.append({
+            "number": t.number, "state": state, "value": value, "cv_std": _num(t.user_attrs.get("cv_std")),
+            "epochs": len(t.intermediate_values), "duration_s": _num(duration), "params": dict(t.params),
+            "best": t.number == best, "run_id": t.user_attrs.get("mlflow.run_id"),
+            "reason": t.user_attrs.get("reason") or "",
+        })
+    rows.sort(key=lambda r: (STATE_ORDER.get(r["state"], 9),
+                             sign * r["value"] if r["value"] is not None else math.inf, r["number"]))
+    return rows
+
+
+def param_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Every parameter any trial sampled, in first-seen order by trial number."""
+    seen: dict[str, None] = {}
+    for r in sorted(rows, key=lambda r: r["number"]):
+        for k in r["params"]:
+            seen.setdefault(k, None)
+    return list(seen)
+
+
+def study_metric(study: Any, tracking_uri: str | None) -> str | None:
+    """The study's metric name: the study's ``hpo.metric`` user attr (set by the report), else its
+    MLflow parent run's ``metric`` param (None if neither can be read)."""
+    if study.user_attrs.get(METRIC_ATTR):
+        return str(study.user_attrs[METRIC_ATTR])
+    run_id = study.user_attrs.get("mlflow.parent_run_id")
+    if not run_id:
+        return None
+    try:
+        from mlflow import MlflowClient
+
+        from hpo.spec import DEFAULT_TRACKING_URI
+
+        return MlflowClient(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI).get_run(run_id).data.params.get("metric")
+    except Exception:
+        return None
+
+
+def fmt_value(v: Any) -> str:
+    """A metric value for a table: 4 decimals, or 4 significant digits when large."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def fmt_param(v: Any) -> str:
+    """A parameter value for a table: floats to 3 significant digits."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def emit(write: Any) -> None:
+    """Run ``write(stdout)``; a reader that stops early (``| head``) is not an error."""
+    import os
+
+    try:
+        write(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+
+
+def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
+    """Rows as CSV: number, state, value, cv_std, epochs_trained, duration_s, one column per parameter, run_id, reason."""
+    import csv
+
+    params = param_names(rows)
+    w = csv.writer(out)
+    w.writerow(["number", "state", "value", "cv_std", "epochs_trained", "duration_s", *params, "run_id", "reason"])
+    for r in rows:
+        w.writerow([r["number"], r["state"], "" if r["value"] is None else repr(r["value"]),
+                    "" if r["cv_std"] is None else repr(r["cv_std"]), r["epochs"],
+                    "" if r["duration_s"] is None else f"{r['duration_s']:.3f}",
+                    *["" if r["params"].get(p) is None else r["params"][p] for p in params],
+                    r["run_id"] or "", r["reason"]])
+
+
+def render_table(name: str, rows: list[dict[str, Any]], direction: str, metric: str | None) -> Any:
+    """The rich Table of ``hpo show``."""
+    from rich.table import Table
+
+    params = param_names(rows)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    caption = ", ".join(f"[{STATE_STYLE.get(k, '')}]{v} {k}[/]" for k, v in
+                        sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 9)))
+    table = Table(title=f"{name}: {metric or 'value'} ({direction}), best first", caption=caption,
+                  caption_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("state")
+    table.add_column(metric or "value", justify="right")
+    table.add_column("± std", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("seconds", justify="right")
+    for p in params:
+        table.add_column(p, justify="right")
+    table.add_column("note", overflow="fold", max_width=40)
+    for r in rows:
+        style = STATE_STYLE.get(r["state"], "")
+        note = "best" if r["best"] else (r["reason"].splitlines()[0][:120] if r["reason"] else "")
+        table.add_row(
+            str(r["number"]), f"[{style}]{r['state']}[/]", fmt_value(r["value"]),
+            "" if r["cv_std"] is None else f"{r['cv_std']:.4f}", str(r["epochs"] or ""),
+            "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+            *[fmt_param(r["params"].get(p)) for p in params], note,
+            style="bold" if r["best"] else None,
+        )
+    return table
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the table (or CSV)."""
+    """Print the table (or CSV / JSON)."""
     study = open_study(args.name, args.tracking_uri)
-    df = trials_frame(study)
+    rows = trial_rows(study)
     if args.csv:
-        df.to_csv(sys.stdout, index=False)
+        emit(lambda out: write_csv(rows, out))
+        return 0
+    direction = study.direction.name.lower()
+    metric = study_metric(study, args.tracking_uri)
+    if args.json:
+        doc = {"study": args.name, "metric": metric, "direction": direction, "trials": rows}
+        emit(lambda out: out.write(json.dumps(doc, indent=2, default=str) + "\n"))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    params = [c for c in df.columns if c.startswith("params_")]
-    table = Table(title=f"{args.name} ({study.direction.name.lower()})")
-    for col in ["#", "value", "state", "seconds", *[c[len("params_"):] for c in params]]:
-        table.add_column(col)
-    for _, row in df.iterrows():
-        state = str(row["state"])
-        cells = [str(row["number"]), "" if row["value"] != row["value"] else f"{row['value']:.4f}",
-                 f"[{STATE_STYLE.get(state, '')}]{state.lower()}[/]",
-                 f"{row['duration'].total_seconds():.1f}" if row["duration"] == row["duration"] else ""]
-        for c in params:
-            v = row[c]
-            cells.append("" if v != v else (f"{v:.3g}" if isinstance(v, float) else str(v)))
-        table.add_row(*cells)
-    Console().print(table)
+    Console().print(render_table(args.name, rows, direction, metric))
     return 0

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from hpo.trial import EpochCallback, FoldData, TrialResult, TrialSpec, run_trial
+from hpo.reporting import EpochSink
+from hpo.trial import FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
 
 
 class LocalExecutor:
@@ -17,18 +18,34 @@ class LocalExecutor:
     that, on a thread pool (torch releases the GIL inside its kernels).
     """
 
-    def __init__(self, fold_data: FoldData, max_concurrency: int = 1) -> None:
+    def __init__(self, fold_data: FoldData, sink: EpochSink, max_concurrency: int = 1) -> None:
         self.fold_data = fold_data
+        self.sink = sink
         self.max_concurrency = max_concurrency
+        self.where = f"local {fold_data.data.device}"
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="hpo-trial") if max_concurrency > 1 else None
 
-    def submit(self, spec: TrialSpec, on_epoch: EpochCallback | None) -> Future[TrialResult]:
+    def _run(self, spec: TrialSpec) -> TrialResult:
+        self.sink.begin(spec.number)
+        result = run_trial(spec, self.fold_data, lambda e, m: self.sink.epoch(spec.number, spec.run_id, e, m))
+        result.worker = self.where
+        return result
+
+    def submit(self, spec: TrialSpec) -> Future[TrialResult]:
         """Run ``spec`` (inline or on the pool); see :class:`~hpo.executors.base.Executor`."""
         if self._pool is not None:
-            return self._pool.submit(run_trial, spec, self.fold_data, on_epoch)
+            return self._pool.submit(self._run, spec)
         fut: Future[TrialResult] = Future()
-        fut.set_result(run_trial(spec, self.fold_data, on_epoch))
+        fut.set_result(self._run(spec))
         return fut
+
+    def stop_trials(self) -> None:
+        """Ask running trials to stop after their current epoch."""
+        self.sink.stop()
+
+    def refit(self, job: RefitJob, ds) -> tuple:
+        """Run the refit of the best parameters in this process, on the study's device."""
+        return run_refit(job, self.fold_data.data, ds.x_test, ds.y_test)
 
     def close(self) -> None:
         """Wait for running trials and stop the pool."""

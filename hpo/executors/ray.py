@@ -1,0 +1,186 @@
+"""Trials on Ray workers: long-lived actors, the dataset shipped once, retries on worker death.
+
+Each of ``max_concurrent_trials`` actors holds ``cpus_per_trial`` CPUs and
+``gpus_per_trial`` GPUs (fractions share a GPU; Ray sets ``CUDA_VISIBLE_DEVICES`` so a
+trial sees only its own). The training data goes into the object store once and each
+actor moves it to its device once, at start; a trial then costs one method call. Epochs
+go to the driver's :class:`~hpo.reporting.EpochSink` actor, which logs to MLflow and asks
+Optuna's pruner. A worker killed mid-trial is restarted by Ray and the trial re-run, up
+to ``max_retries`` times; then it is recorded as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from hpo.errors import HpoError
+from hpo.reporting import EpochSink
+from hpo.trial import FAILED, FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
+
+
+class TrialWorker:
+    """The body of a Ray actor: the study's data on this worker's device, then trials on demand."""
+
+    def __init__(self, arrays: dict[str, Any], folds: list[tuple[np.ndarray, np.ndarray]], device: str,
+                 sink: Any) -> None:
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        # object-store arrays are read-only; a private copy keeps torch from sharing them
+        self.fold_data = FoldData.build(np.array(arrays["x"]), np.array(arrays["y"]), arrays["n_classes"], folds,
+                                        device)
+        self.sink = sink
+        self.where = self._describe()
+
+    def _describe(self) -> str:
+        import ray
+        import torch
+
+        node = ray.util.get_node_ip_address()
+        if self.device.startswith("cuda"):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "?")
+            return f"{node} cuda (CUDA_VISIBLE_DEVICES={visible}, {torch.cuda.get_device_name(0)})"
+        return f"{node} cpu (pid {os.getpid()})"
+
+    def pid(self) -> int:
+        """This worker's process id (tests kill it to prove retries)."""
+        return os.getpid()
+
+    def refit(self, job: RefitJob, x_test: np.ndarray, y_test: np.ndarray) -> tuple:
+        """Train the best parameters on all training data here; returns (CPU model, test metrics)."""
+        return run_refit(job, self.fold_data.data, x_test, y_test)
+
+    def run(self, spec: TrialSpec) -> TrialResult:
+        """Run one trial, reporting every epoch to the sink."""
+        import ray
+
+        attempt = ray.get(self.sink.begin.remote(spec.number))
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            return ray.get(self.sink.epoch.remote(spec.number, spec.run_id, epoch, metrics))
+
+        result = run_trial(spec, self.fold_data, on_epoch)
+        result.worker = self.where
+        result.attempts = attempt + 1
+        return result
+
+
+def connect(address: str | None) -> bool:
+    """Connect to Ray: ``address`` (or ``RAY_ADDRESS``), else start a local Ray sized to this machine.
+
+    Returns True when this call started Ray (the caller shuts it down). Raises HpoError when
+    the cluster cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
+    if target == "local":
+        kwargs.update(num_cpus=os.cpu_count(), include_dashboard=False)
+    try:
+        ray.init(address=target, **kwargs)
+    except Exception as exc:
+        raise HpoError(f"cannot connect to the Ray cluster at {target}: {exc}. Check execution.address / "
+                       "--address, and RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH if the cluster uses token auth") from None
+    return True
+
+
+class RayExecutor:
+    """Runs trials on a pool of Ray actors. See the module docstring."""
+
+    def __init__(self, *, x: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]],
+                 sink_args: dict[str, Any], device: str, max_concurrency: int, cpus_per_trial: float,
+                 gpus_per_trial: float, max_retries: int) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        here = ray.get_runtime_context().get_node_id()
+        sink_cls = ray.remote(num_cpus=0)(EpochSinkActor)
+        # the sink reaches the driver's stores (a local sqlite file included): keep it on the driver's node
+        self.sink = sink_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+            **sink_args)
+        # held for the executor's lifetime: a restarted worker re-reads its constructor arguments
+        self._data_ref = data_ref = ray.put({"x": x, "y": y, "n_classes": n_classes})
+        worker_cls = ray.remote(TrialWorker).options(
+            num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
+            max_restarts=-1, max_task_retries=max_retries,
+        )
+        self.workers = [worker_cls.remote(data_ref, folds, device, self.sink) for _ in range(max_concurrency)]
+        self._idle = list(self.workers)
+        self._lock = threading.Lock()
+        ray.get([w.pid.remote() for w in self.workers])  # fail here, not mid-study, if workers cannot start
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers (for tests and diagnostics)."""
+        import ray
+
+        return ray.get([w.pid.remote() for w in self.workers])
+
+    def submit(self, spec: TrialSpec) -> Future[TrialResult]:
+        """Run ``spec`` on an idle worker; the future resolves to a result, never raises."""
+        with self._lock:
+            worker = self._idle.pop()
+        out: Future[TrialResult] = Future()
+        ref = worker.run.remote(spec)
+
+        def done(fut: Future) -> None:
+            with self._lock:
+                self._idle.append(worker)
+            try:
+                out.set_result(fut.result())
+            except Exception as exc:  # the worker died more often than max_retries allowed
+                out.set_result(TrialResult(number=spec.number, state=FAILED, attempts=self.max_retries + 1,
+                                           reason=f"worker lost {self.max_retries + 1} time(s): "
+                                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+
+        ref.future().add_done_callback(done)
+        return out
+
+    def refit(self, job: RefitJob, ds) -> tuple:
+        """Run the refit on one of the workers: the training data is already on its device."""
+        import ray
+
+        return ray.get(self.workers[0].refit.remote(job, ds.x_test, ds.y_test))
+
+    def stop_trials(self) -> None:
+        """Ask running trials to stop after their current epoch."""
+        self.sink.stop.remote()
+
+    def close(self) -> None:
+        """Release the actors (the Ray instance itself is the caller's)."""
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        ray.kill(self.sink)
+
+
+class EpochSinkActor:
+    """:class:`~hpo.reporting.EpochSink` as a Ray actor: it opens its own MLflow client and Optuna study."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.sink = EpochSink.open(**kwargs)
+
+    def begin(self, number: int) -> int:
+        """See :meth:`EpochSink.begin`."""
+        return self.sink.begin(number)
+
+    def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> bool:
+        """See :meth:`EpochSink.epoch`."""
+        return self.sink.epoch(number, run_id, epoch, metrics)
+
+    def stop(self) -> None:
+        """See :meth:`EpochSink.stop`."""
+        self.sink.stop()

@@ -1,0 +1,157 @@
+"""Studies as Ray Jobs: package a spec with its data, submit, follow, list, cancel.
+
+The job runs ``python -m hpo run SPEC --executor ray`` on the cluster; the hpo package
+itself travels in the job's runtime environment (``py_modules``), the spec and the data
+files it names in its ``working_dir``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import HpoError, SpecError
+
+SUBMITTED_BY = "hpo"
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:
+        raise HpoError(f"cannot reach the Ray Jobs API at {address}: {str(exc).splitlines()[0]}. Check --address "
+                       "(the dashboard port, usually 8265) and, for token auth, RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH") from None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def package(spec_path: str | Path, workdir: Path, cwd: Path | None = None) -> str:
+    """Copy the spec and the data it names into ``workdir``; returns the spec's path inside it.
+
+    Raises SpecError when a path escapes the working directory (a job must not read
+    arbitrary files of the submitting machine) or a file is missing.
+    """
+    from hpo.spec import load_spec
+
+    cwd = cwd or Path.cwd()
+    spec_file = Path(spec_path)
+    spec = load_spec(spec_file)
+    if not _inside(spec_file, cwd):
+        raise SpecError([("", f"submit from a folder that contains the spec (the spec is outside {cwd})")],
+                        str(spec_path))
+    rel_spec = spec_file.resolve().relative_to(cwd.resolve())
+    (workdir / rel_spec).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(spec_file, workdir / rel_spec)
+    if spec.data.path:
+        data = Path(spec.data.path)
+        if data.is_absolute() or not _inside(cwd / data, cwd):
+            raise SpecError([("data.path", f"must be a path inside the working directory to be shipped with the job "
+                                           f"(got {spec.data.path!r})")], str(spec_path))
+        src = cwd / data
+        if src.exists():
+            dst = workdir / data
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        elif not spec.data.download:
+            raise SpecError([("data.path", f"{spec.data.path} does not exist; nothing to ship")], str(spec_path))
+    return str(rel_spec)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A job needs a store the cluster can reach: an HTTP server, or an absolute sqlite path."""
+    from hpo.tracking import check_reachable, sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.is_absolute():
+            raise HpoError(f"--tracking-uri {uri}: a submitted study needs an absolute sqlite path "
+                           "(sqlite:////abs/path/mlflow.db) or, on a real cluster, an MLflow tracking server URL")
+        return
+    if not uri.startswith(("http://", "https://")):
+        raise HpoError(f"--tracking-uri {uri}: use an MLflow tracking server (http://host:5000) for a cluster")
+    check_reachable(uri)
+
+
+def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = None, n_trials: int | None = None,
+                 resume: bool = False) -> str:
+    """Submit ``spec_path`` as a Ray Job; returns the job id."""
+    import shlex
+
+    import hpo
+    from hpo.spec import load_spec
+
+    spec = load_spec(spec_path)
+    uri = tracking_uri or spec.tracking.uri
+    check_tracking_uri(uri)
+    client = _client(address)
+    workdir = Path(tempfile.mkdtemp(prefix="hpo-job-"))
+    try:
+        rel = package(spec_path, workdir)
+        cmd = ["python", "-m", "hpo", "run", rel, "--executor", "ray", "--tracking-uri", uri, "--quiet"]
+        if n_trials:
+            cmd += ["--n-trials", str(n_trials)]
+        if resume:
+            cmd.append("--resume")
+        runtime_env: dict[str, Any] = {
+            "working_dir": str(workdir),
+            "py_modules": [str(Path(hpo.__file__).parent)],
+            "env_vars": {"PYTHONUNBUFFERED": "1"},
+        }
+        return client.submit_job(entrypoint=shlex.join(cmd), runtime_env=runtime_env,
+                                 metadata={"submitted_by": SUBMITTED_BY, "study": spec.name, "spec": rel})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def follow(address: str, job_id: str) -> str:
+    """Stream a job's logs to stdout until it ends; returns its final status."""
+    import asyncio
+    import sys
+
+    client = _client(address)
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    return str(client.get_job_status(job_id).value)
+
+
+def list_jobs(address: str, include_all: bool = False) -> list[dict[str, str]]:
+    """Jobs on the cluster (hpo's unless ``include_all``), newest first."""
+    import datetime as dt
+
+    jobs = []
+    for j in _client(address).list_jobs():
+        meta = j.metadata or {}
+        if not include_all and meta.get("submitted_by") != SUBMITTED_BY:
+            continue
+        started = dt.datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M") if j.start_time else ""
+        jobs.append({"id": j.submission_id or j.job_id or "", "status": str(j.status.value),
+                     "study": meta.get("study", ""), "spec": meta.get("spec", ""), "started": started,
+                     "message": (j.message or "")[:80], "_t": j.start_time or 0})
+    jobs.sort(key=lambda j: j["_t"], reverse=True)
+    for j in jobs:
+        del j["_t"]
+    return jobs
+
+
+def cancel(address: str, job_id: str) -> bool:
+    """Stop a job; returns False if it had already ended."""
+    client = _client(address)
+    try:
+        return bool(client.stop_job(job_id))
+    except RuntimeError as exc:
+        raise HpoError(f"no job {job_id} at {address}: {exc}; list them with hpo jobs --address {address}") from None

@@ -1,0 +1,170 @@
+"""The deployment's tracking topology, natively: PostgreSQL <- mlflow server (served artifacts) <- hpo.
+
+What the compose stack runs in containers (docker/compose.yaml: postgres, mlflow), run
+here as plain processes on 127.0.0.1: a throw-away PostgreSQL cluster and an ``mlflow
+server`` on it that serves artifacts from a folder. A real study then talks to the server
+over HTTP only, and the test reads back through the server and straight from PostgreSQL.
+
+The fixtures are module-scoped so that further tests (the Ray cluster / ``hpo submit``
+path) reuse the same two servers.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+import hpo
+from hpo.checkpoint import read_checkpoint
+from tests._services import mlflow_server, postgres_available, postgres_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+STUDY = """
+name: {name}
+data: {{dataset: iris}}
+model: mlp
+search: {{sampler: tpe, n_trials: 3, seed: 0}}
+cv: {{folds: 2}}
+params:
+  lr: {{low: 1.0e-3, high: 1.0e-1, log: true}}
+  width: [8, 16]
+  epochs: 2
+tracking: {{keep_checkpoints: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def pg_dsn():
+    """A fresh PostgreSQL cluster; the DSN (``postgresql://hpo:PW@127.0.0.1:PORT/mlflow``)."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+def served_artifacts(tmp_path_factory) -> Path:
+    """The folder the MLflow server stores artifacts in (``--artifacts-destination``)."""
+    return tmp_path_factory.mktemp("mlflow-server") / "artifacts"
+
+
+def compose_allowed_hosts() -> str:
+    """The ``--allowed-hosts`` default of docker/compose.yaml's mlflow service."""
+    command = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["mlflow"]["command"]
+    (flag,) = [c for c in command if c.startswith("--allowed-hosts=")]
+    return re.fullmatch(r"--allowed-hosts=\$\{MLFLOW_ALLOWED_HOSTS:-([^}]*)\}", flag).group(1)
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(pg_dsn, served_artifacts) -> str:
+    """``mlflow server`` on the PostgreSQL store, serving artifacts, accepting the Host headers the
+    compose stack's server accepts; its ``http://127.0.0.1:PORT``."""
+    with mlflow_server(pg_dsn, served_artifacts, extra_args=[f"--allowed-hosts={compose_allowed_hosts()}"]) as url:
+        yield url
+
+
+def pg_rows(dsn: str, sql: str, *args) -> list[tuple]:
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_study_over_http_lands_in_postgres_and_served_artifacts(mlflow_url, pg_dsn, served_artifacts,
+                                                                tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Optuna's own store (sqlite:///mlruns/optuna.db) lands here
+    spec = tmp_path / "pg_study.yaml"
+    spec.write_text(textwrap.dedent(STUDY.format(name="pg-iris")))
+
+    result = hpo.run(spec, tracking_uri=mlflow_url)
+
+    assert result.counts["complete"] == 3
+    client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+
+    # parent run and its three nested child runs, through the server
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["hpo.role"] == "study"
+    assert parent.info.artifact_uri.startswith("mlflow-artifacts:"), parent.info.artifact_uri
+    children = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    assert len(children) == 3
+    assert {c.data.tags["hpo.state"] for c in children} == {"complete"}
+    for child in children:
+        assert "cv_accuracy_mean" in child.data.metrics
+        curve = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in curve) == [1, 2]  # step = epoch
+    assert "test_accuracy" in parent.data.metrics and "best_cv_accuracy" in parent.data.metrics
+
+    # the registered model
+    versions = client.search_model_versions("name = 'pg-iris'")
+    assert len(versions) == 1 and versions[0].run_id == result.parent_run_id
+
+    # ... and all of it really is in PostgreSQL
+    run_ids = {r[0] for r in pg_rows(pg_dsn, "SELECT run_uuid FROM runs WHERE experiment_id = %s",
+                                     int(result.experiment_id))}
+    assert run_ids == {result.parent_run_id, *(c.info.run_id for c in children)}
+    assert pg_rows(pg_dsn, "SELECT name FROM registered_models") == [("pg-iris",)]
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM model_versions WHERE name = %s", "pg-iris") == [(1,)]
+    n_curve = pg_rows(pg_dsn, "SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'val_accuracy'",
+                      children[0].info.run_id)[0][0]
+    assert n_curve == 2
+    assert pg_rows(pg_dsn, "SELECT value FROM tags WHERE run_uuid = %s AND key = 'hpo.role'",
+                   result.parent_run_id) == [("study",)]
+
+    # the checkpoint went up through the server into its artifact folder and comes back down
+    stored = list(served_artifacts.rglob("checkpoint/best.pt"))
+    assert len(stored) == 1 and result.parent_run_id in str(stored[0])
+    local = client.download_artifacts(result.parent_run_id, "checkpoint/best.pt", str(tmp_path))
+    blob = read_checkpoint(local)
+    assert blob["model"] == "mlp" and blob["state"] is not None
+    assert blob["params"]["width"] == result.best_params["width"]
+
+    # keep_checkpoints: 1 -> exactly one trial kept its fold weights (the others were deleted over HTTP)
+    kept = [c for c in children if any(f.path == "checkpoint/trial.pt"
+                                       for f in client.list_artifacts(c.info.run_id, "checkpoint"))]
+    assert len(kept) == 1
+    assert len(list(served_artifacts.rglob("checkpoint/trial.pt"))) == 1
+
+    # the refit model loads back through the server
+    model = hpo.load_model(result.parent_run_id, tracking_uri=mlflow_url)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 4))
+    assert out.shape == (2, 3)
+
+
+def test_server_answers_the_cluster_name_and_refuses_other_hosts(mlflow_url):
+    """The compose stack's ``--allowed-hosts``: the Ray nodes call the server http://mlflow:5000
+    and the host's browser 127.0.0.1:PORT; any other Host header (DNS rebinding) is refused."""
+
+    def status(host: str) -> int:
+        req = urllib.request.Request(f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Host": host})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    port = mlflow_url.rsplit(":", 1)[1]
+    assert status("mlflow:5000") == 200
+    assert status(f"127.0.0.1:{port}") == 200
+    assert status(f"localhost:{port}") == 200
+    assert status("evil.example:5000") in (400, 403)
