@@ -8,7 +8,9 @@ files it names in its ``working_dir``.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,12 @@ def check_tracking_uri(uri: str) -> None:
         return
     if not uri.startswith(("http://", "https://")):
         raise HpoError(f"--tracking-uri {uri}: use an MLflow tracking server (http://host:5000) for a cluster")
-    check_reachable(uri)
+    try:
+        check_reachable(uri)
+    except HpoError:
+        # the URI is used inside the cluster (e.g. http://mlflow:5000), which may not resolve here;
+        # the job checks it again before its first trial
+        print(f"note: {uri} does not answer from this machine; the job checks it from the cluster", file=sys.stderr)
 
 
 def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = None, n_trials: int | None = None,
@@ -107,8 +114,16 @@ def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = Non
             "py_modules": [str(Path(hpo.__file__).parent)],
             "env_vars": {"PYTHONUNBUFFERED": "1"},
         }
-        return client.submit_job(entrypoint=shlex.join(cmd), runtime_env=runtime_env,
-                                 metadata={"submitted_by": SUBMITTED_BY, "study": spec.name, "spec": rel})
+        metadata = {"submitted_by": SUBMITTED_BY, "study": spec.name, "spec": rel}
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return client.submit_job(entrypoint=shlex.join(cmd), runtime_env=runtime_env, metadata=metadata)
+            except RuntimeError as exc:
+                # a head that just started answers before its job agent is up: wait for it
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise HpoError(f"the Ray cluster at {address} refused the job: {str(exc).splitlines()[0]}") from None
+                time.sleep(2)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

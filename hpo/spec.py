@@ -87,6 +87,8 @@ class TrackingSpec(_Section):
     uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = None
     keep_checkpoints: int = Field(1, ge=0)
+    # Optuna's storage (any SQLAlchemy URL); default: optuna.db beside a sqlite tracking store
+    storage: str | None = None
 
 
 class _RawSpec(_Section):

@@ -214,7 +214,7 @@ class StudyRunner:
         check_reachable(spec.tracking.uri)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage_url = optuna_storage_for(spec.tracking.uri)
+        self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
         storage = _storage(self.storage_url)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
         if spec.name in existing and existing[spec.name].n_trials > 0 and not self.resume:
@@ -261,29 +261,31 @@ class StudyRunner:
 
     def _rebuild_state(self) -> None:
         """On resume: fail and re-queue trials a dead driver left RUNNING, re-queue interrupted ones."""
-        import optuna
         from optuna.trial import TrialState
 
+        storage = self.study._storage
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
-            self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        requeued = set(self.study.user_attrs.get(REQUEUED_ATTR, []))
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(REQUEUED_ATTR):
+            if t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in requeued:
                 self.study.enqueue_trial(t.params, skip_if_exists=False)
-                self.study._storage.set_trial_user_attr(t._trial_id, REQUEUED_ATTR, True)
+                requeued.add(t.number)
                 run_id = t.user_attrs.get("mlflow.run_id")
                 if run_id:
                     try:
                         self.tracker.client.set_terminated(run_id, status="KILLED")
+                        self.tracker.set_tag(run_id, "hpo.state", "killed")
                     except Exception:  # the run may not exist any more; the trial re-runs either way
                         pass
+        self.study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             run_id = t.user_attrs.get("mlflow.run_id")
             if run_id and t.value is not None:
                 self.topk.offer(t.value, t.number, run_id)
                 if self.best_value is None or (t.value > self.best_value) == (self.spec.direction == "maximize"):
                     self.best_value, self.best_run = t.value, run_id
-        del optuna
 
     def _finished_count(self) -> int:
         from optuna.trial import TrialState
@@ -462,7 +464,6 @@ class StudyRunner:
 
     def _refit(self) -> tuple[str | None, dict[str, float]]:
         """Train the best parameters on all training data, test once, save and register the model."""
-        import optuna
 
         from hpo.checkpoint import save_checkpoint
         from hpo.tracking import CHECKPOINT_DIR, temp_dir
@@ -500,7 +501,6 @@ class StudyRunner:
             tags["hpo.model_uri"] = model_uri
         self.tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
         self._log_study_tables()
-        del optuna
         return model_uri, test_metrics
 
     def _log_model(self, model, ds) -> str | None:

@@ -193,11 +193,19 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last}):\n{_tail(log) if log else ''}")
 
 
-def stop_process_group(proc: subprocess.Popen, grace: float = 8.0) -> None:
-    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``), SIGKILL after ``grace``."""
+def stop_process_group(proc: subprocess.Popen, grace: float = 8.0, leader_only: bool = False) -> None:
+    """Stop ``proc`` (started with ``start_new_session=True``) and everything in its process group.
+
+    SIGTERM goes to the whole group, or with ``leader_only`` to ``proc`` alone (for a leader that
+    shuts its own children down, like ``ray start --block``); whatever is left after ``grace``
+    seconds gets SIGKILL.
+    """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            if leader_only:
+                proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -240,3 +248,58 @@ def mlflow_server(backend_uri: str, artifacts_dir: Path, timeout: float = 120.0,
         yield url
     finally:
         stop_process_group(proc)
+
+
+@contextlib.contextmanager
+def ray_cluster(workdir: Path | None = None, head_cpus: int = 0, worker_cpus: int = 2,
+                token: str | None = None, timeout: float = 180.0) -> Iterator[dict[str, str]]:
+    """A Ray head plus one worker node on this machine, with token authentication, like compose's.
+
+    The head offers ``head_cpus`` CPUs (0, as in docker/compose.yaml: trials go to the worker)
+    and runs the dashboard / Jobs API; the worker is started through docker/ray_worker.py (the
+    image's worker entrypoint) as a CPU-only node with ``worker_cpus`` CPUs. Both use a private
+    ``--temp-dir`` and free ports, so another Ray on this machine is neither found nor disturbed.
+    ``PATH`` starts with this interpreter's folder, so a job's ``python -m hpo`` is this venv's.
+
+    Yields ``{"address": "http://127.0.0.1:DASH", "gcs": "127.0.0.1:GCS", "env": {...}, "logs": DIR}`` where
+    ``env`` holds ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` for clients (pass it to subprocesses;
+    it is not put into this process's environment). Each node is stopped with SIGTERM to its
+    ``ray start`` (which stops its own processes), then SIGKILL to whatever is left in its group.
+    """
+    base = Path(tempfile.mkdtemp(prefix="hpo-ray-", dir=None if workdir is None else workdir))
+    temp_dir = base / "ray"  # Ray's unix sockets live under it: keep the path short
+    token = token or secrets.token_hex(32)
+    gcs, dash, agent_head, agent_worker = free_port(), free_port(), free_port(), free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    env.pop("RAY_ADDRESS", None)
+    ray = shutil.which("ray", path=bindir) or shutil.which("ray") or "ray"
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(cmd, env={**env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        head = start([ray, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                      f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_head}",
+                      f"--num-cpus={head_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
+                      "--disable-usage-stats", "--block"], base / "head.log")
+        wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", timeout, proc=head, log=base / "head.log")
+        worker_script = Path(__file__).resolve().parent.parent / "docker" / "ray_worker.py"
+        worker = start([sys.executable, str(worker_script), f"--temp-dir={temp_dir}",
+                        f"--dashboard-agent-listen-port={agent_worker}"], base / "worker.log",
+                       {"RAY_BIN": ray, "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs}", "GPUS_PER_WORKER": "0",
+                        "HPO_GPU_COUNT": "0", "RAY_WORKER_CPUS": str(worker_cpus)})
+        wait_http(f"http://127.0.0.1:{agent_worker}/api/local_raylet_healthz", timeout, proc=worker,
+                  log=base / "worker.log")
+        yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": auth, "logs": str(base)}
+    finally:
+        for proc in reversed(procs):  # `ray start --block` stops its own processes on SIGTERM
+            stop_process_group(proc, grace=15, leader_only=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -67,7 +67,7 @@ def _stop(proc: subprocess.Popen) -> None:
     pgid = os.getpgid(proc.pid)
     os.killpg(pgid, signal.SIGTERM)
     try:
-        proc.wait(timeout=8)
+        proc.wait(timeout=4)
     except subprocess.TimeoutExpired:
         pass
     try:
@@ -91,11 +91,30 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A 4-trial iris study (with its report) in a fresh sqlite store."""
+def server(tmp_path_factory):
+    """``mlflow ui`` on 127.0.0.1 and a free port, started on an empty store so that it boots
+    while the study runs; stopped (its whole process group) at the end of the module."""
     tmp = tmp_path_factory.mktemp("ui")
-    (tmp / "spec.yaml").write_text(SPEC)
     store = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    (tmp / "mlruns").mkdir()
+    MlflowClient(store).search_experiments()  # create the schema here, not in two processes at once
+    port = _free_port()
+    log = open(tmp / "mlflow-ui.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield {"tmp": tmp, "store": store, "base": f"http://127.0.0.1:{port}", "proc": proc}
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def study(server):
+    """A 4-trial iris study (with its report) in the server's store."""
+    tmp, store = server["tmp"], server["store"]
+    (tmp / "spec.yaml").write_text(SPEC)
     result = hpo.run(tmp / "spec.yaml", tracking_uri=store)
     client = MlflowClient(store)
     write_report(optuna.load_study(study_name="ui-iris", storage=optuna_storage_for(store)), client,
@@ -103,35 +122,24 @@ def study(tmp_path_factory):
                  dataset=load_dataset("iris", seed=1), metric="accuracy", task="classification")
     children = [r for r in client.search_runs([result.experiment_id]) if r.data.tags.get("hpo.role") == "trial"]
     assert len(children) == 4
-    return {"store": store, "result": result, "children": children, "tmp": tmp}
+    return {"store": store, "result": result, "children": children}
 
 
 @pytest.fixture(scope="module")
-def ui(study):
-    """``mlflow ui`` on 127.0.0.1 and a free port; its base URL."""
-    port = _free_port()
-    log = open(study["tmp"] / "mlflow-ui.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study["store"],
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui did not answer on {base}: "
-                            f"{(study['tmp'] / 'mlflow-ui.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield base
-    finally:
-        _stop(proc)
-        log.close()
+def ui(server, study):
+    """The base URL once the server answers /health."""
+    base, proc = server["base"], server["proc"]
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return base
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"mlflow ui did not answer on {base}: {(server['tmp'] / 'mlflow-ui.log').read_text()[-2000:]}")
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +213,7 @@ def test_compare_page_shows_the_trials_and_their_parameters(ui, study, browser, 
             assert child.data.params[key] in page, (key, child.data.params[key])
         assert f"{child.data.metrics['cv_accuracy_mean']:.3f}".rstrip("0") in page
     _close_assistant(browser)
+    _wait(browser, "//*[contains(@class, 'parcoords')]", timeout=30)  # MLflow's own parallel coordinates
     time.sleep(1)
     browser.save_screenshot(str(shots / "2_compare_runs.png"))
     params = _wait(browser, "//*[normalize-space(text())='Parameters']")

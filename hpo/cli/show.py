@@ -69,7 +69,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({
-            "number": t.number, "state": state, "value": value, "cv_std": _num(t.user_attrs.get("cv_std")),
+            "number": t.number, "state": state, "value": value,
+            "cv_std": _num(t.user_attrs.get("cv_std")) if value is not None else None,
             "epochs": len(t.intermediate_values), "duration_s": _num(duration), "params": dict(t.params),
             "best": t.number == best, "run_id": t.user_attrs.get("mlflow.run_id"),
             "reason": t.user_attrs.get("reason") or "",
@@ -171,7 +172,7 @@ def render_table(name: str, rows: list[dict[str, Any]], direction: str, metric: 
     table.add_column("seconds", justify="right")
     for p in params:
         table.add_column(p, justify="right")
-    table.add_column("note", overflow="fold", max_width=40)
+    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
     for r in rows:
         style = STATE_STYLE.get(r["state"], "")
         note = "best" if r["best"] else (r["reason"].splitlines()[0][:120] if r["reason"] else "")

@@ -1,0 +1,184 @@
+"""Trials on a real Ray: a local Ray in this process, and a Ray head started as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+import hpo
+from hpo.tracking import optuna_storage_for
+from tests._processes import ray_head, stop_group
+from tests.conftest import run_cli
+
+ray = pytest.importorskip("ray")
+
+SPEC = """
+name: {name}
+data: {{dataset: digits}}
+model: mlp
+search: {{sampler: tpe, n_trials: {n_trials}, seed: 0, pruner: {pruner}}}
+cv: {{folds: 2}}
+params:
+  lr: {{low: 1.0e-3, high: 3.0e-2, log: true}}
+  width: [16, 32]
+  epochs: {epochs}
+execution: {{executor: ray, max_concurrent_trials: 2, cpus_per_trial: 1, max_retries: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for the module: hpo joins it instead of starting its own."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def trials_of(name: str, store: str):
+    return optuna.load_study(study_name=name, storage=optuna_storage_for(store)).get_trials()
+
+
+@pytest.mark.slow
+def test_study_on_local_ray_records_like_a_local_run(local_ray, write_spec, store):
+    spec = write_spec(SPEC.format(name="ray-small", n_trials=4, pruner="none", epochs=3))
+    result = hpo.run(spec, tracking_uri=store)
+    assert result.counts == {"complete": 4, "pruned": 0, "failed": 0}
+    client = MlflowClient(store)
+    runs = client.search_runs([result.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("hpo.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
+    assert len(parent) == 1 and len(children) == 4
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2, 3]
+        assert "cpu" in c.data.tags["hpo.worker"] and c.data.tags["hpo.attempts"] == "1"
+    # two workers shared the trials: they ran in two different processes
+    assert len({c.data.tags["hpo.worker"] for c in children}) == 2
+    assert result.test_metrics["accuracy"] > 0.8
+    # the pruner saw every epoch while the trials ran
+    assert all(len(t.intermediate_values) == 3 for t in trials_of("ray-small", store))
+
+
+@pytest.mark.slow
+def test_pruning_on_ray_stops_trials_on_their_worker(local_ray, write_spec, store):
+    text = SPEC.format(name="ray-prune", n_trials=8, pruner="median", epochs=6).replace(
+        "lr: {low: 1.0e-3, high: 3.0e-2, log: true}", "lr: {low: 1.0e-6, high: 3.0e-2, log: true}\n  optimizer: sgd")
+    result = hpo.run(write_spec(text), tracking_uri=store)
+    pruned = [t for t in trials_of("ray-prune", store) if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and result.counts["pruned"] == len(pruned)
+    client = MlflowClient(store)
+    for t in pruned:
+        run = client.get_run(t.user_attrs["mlflow.run_id"])
+        assert run.data.metrics["epochs_trained"] < 6 and run.data.tags["hpo.state"] == "pruned"
+
+
+def _trial_workers() -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "TrialWorker" in " ".join(p.cmdline() or [p.name()]):
+                found.append(p)
+        except psutil.Error:  # gone or a zombie already
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_is_retried(local_ray, write_spec, store):
+    spec = write_spec(SPEC.format(name="ray-kill", n_trials=3, pruner="none", epochs=12))
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            try:
+                running = [t for t in trials_of("ray-kill", store)
+                           if t.state == optuna.trial.TrialState.RUNNING and len(t.intermediate_values) >= 2]
+            except Exception:  # the study may not exist yet
+                running = []
+            workers = _trial_workers()
+            if running and workers:
+                victim = workers[0]
+                victim.kill()  # SIGKILL to one worker process this test's Ray started
+                killed.append(victim.pid)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = hpo.run(spec, tracking_uri=store)
+    thread.join(timeout=5)
+    assert killed, "no worker was killed"
+    assert result.counts == {"complete": 3, "pruned": 0, "failed": 0}
+    client = MlflowClient(store)
+    children = [r for r in client.search_runs([result.experiment_id]) if r.data.tags.get("hpo.role") == "trial"]
+    retried = [c for c in children if c.data.tags["hpo.attempts"] == "2"]
+    assert len(retried) == 1
+    assert retried[0].data.tags["hpo.state"] == "complete"
+    assert retried[0].data.metrics["epochs_trained"] == 12
+
+
+@pytest.mark.slow
+def test_submit_to_a_ray_head_with_token_auth(tmp_path):
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head, _gcs, url = ray_head(tmp_path, env)
+    try:
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        (proj / "spec.yaml").write_text(SPEC.format(name="submitted", n_trials=2, pruner="none", epochs=2))
+        store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+        try:
+            proc = run_cli("submit", "spec.yaml", "--address", url, "--tracking-uri", store, "--wait", cwd=proj,
+                           timeout=300)
+            listed = run_cli("jobs", "--address", url, cwd=proj)
+        finally:
+            os.environ.pop("RAY_AUTH_MODE")
+            os.environ.pop("RAY_AUTH_TOKEN_PATH")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert "SUCCEEDED" in proc.stdout and "raysubmit_" in proc.stdout
+        assert "submitted" in listed.stdout and "SUCCEEDED" in listed.stdout
+        client = MlflowClient(store)
+        exp = client.get_experiment_by_name("submitted")
+        runs = client.search_runs([exp.experiment_id])
+        assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 2
+        assert client.search_model_versions("name='submitted'")
+        # without the token the cluster refuses the client
+        no_token = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        import subprocess
+
+        refused = subprocess.run([sys.executable, "-m", "hpo", "jobs", "--address", url], cwd=proj, env=no_token,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+    finally:
+        stop_group(head)
+
+
+def test_submit_refuses_paths_outside_the_working_directory(tmp_path, monkeypatch):
+    from hpo.errors import SpecError
+    from hpo.jobs import package
+
+    (tmp_path / "spec.yaml").write_text("name: x\ndata: {dataset: csv, path: ../secrets.csv, target: y, "
+                                        "task: regression}\nmodel: mlp\nsearch: {n_trials: 1}\n")
+    with pytest.raises(SpecError, match="data.path: must be a path inside the working directory"):
+        package(tmp_path / "spec.yaml", tmp_path / "out", cwd=tmp_path)
+
+
+def test_submit_needs_a_reachable_store(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC.format(name="s", n_trials=1, pruner="none", epochs=1))
+    proc = run_cli("submit", "spec.yaml", "--address", "http://127.0.0.1:9", "--tracking-uri",
+                   "sqlite:///relative.db", cwd=tmp_path)
+    assert proc.returncode == 2 and "absolute sqlite path" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,100 @@
+"""Interrupted drivers: SIGINT stops cleanly, kill -9 leaves nothing that --resume cannot mend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from hpo.tracking import optuna_storage_for
+from tests.conftest import run_cli
+
+SPEC = """
+name: resumable
+data: {dataset: digits}
+model: mlp
+search: {sampler: tpe, n_trials: 5, seed: 0}
+cv: {folds: 2}
+params:
+  lr: {low: 1.0e-3, high: 3.0e-2, log: true}
+  width: [16, 32]
+  epochs: 15
+"""
+
+
+def _start(tmp_path, store):
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.Popen([sys.executable, "-m", "hpo", "run", "spec.yaml", "--tracking-uri", store],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(store, predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            trials = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store)).get_trials()
+            if predicate(trials):
+                return trials
+        except Exception:  # not created yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the study did not get there in time")
+
+
+def _running_mid_epoch(trials):
+    done = sum(t.state.is_finished() for t in trials)
+    return done >= 1 and any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in trials)
+
+
+def _check_consistent(tmp_path, store, n):
+    proc = run_cli("run", "spec.yaml", "--tracking-uri", store, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store)).get_trials()
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == n
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("resumable")
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    return trials, runs
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_then_resume(tmp_path, store):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    proc = _start(tmp_path, store)
+    _wait_for(store, _running_mid_epoch)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    trials, runs = _check_consistent(tmp_path, store, 5)
+    stale = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    study = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store))
+    assert len(stale) == 1 and study.user_attrs["hpo.requeued"] == [stale[0].number]
+    assert stale[0].user_attrs["hpo.interrupted"]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == 1
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_then_resume(tmp_path, store):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    proc = _start(tmp_path, store)
+    _wait_for(store, _running_mid_epoch)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in out and "Traceback" not in err
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("resumable")
+    runs = client.search_runs([exp.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # the cut trial is KILLED, the parent too
+    _check_consistent(tmp_path, store, 5)
