@@ -115,7 +115,7 @@ def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = Non
             "env_vars": {"PYTHONUNBUFFERED": "1"},
         }
         metadata = {"submitted_by": SUBMITTED_BY, "study": spec.name, "spec": rel}
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             try:
                 return client.submit_job(entrypoint=shlex.join(cmd), runtime_env=runtime_env, metadata=metadata)

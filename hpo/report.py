@@ -99,8 +99,8 @@ def write_report(study: Any, client: Any, parent_run_id: str, *, model: Any = No
                      for k, v in report.importances.items()],
             tags=[RunTag("hpo.importance_evaluator", IMPORTANCE_EVALUATOR)],
         )
-    log.info("report: %d files in %.1fs%s", len(report.files), report.seconds,
-             f"; skipped {', '.join(report.skipped)}" if report.skipped else "")
+    log.info("report: %d files under %s/ of run %s in %.1fs", len(report.files), REPORT_DIR, parent_run_id,
+             report.seconds)
     return report.importances
 
 
@@ -131,7 +131,6 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
                 log.debug("report: %s in %.2fs", name, time.perf_counter() - t0)
             except _Skip as why:
                 report.skipped[name] = str(why)
-                log.warning("report: no %s plot: %s", name, why)
             except Exception as exc:  # a plot must never cost the study its results
                 report.skipped[name] = f"{type(exc).__name__}: {exc}"
                 log.warning("report: could not draw %s: %s: %s", name, type(exc).__name__, exc)
@@ -153,7 +152,6 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
             report.importances = _importances(study, complete)
         except _Skip as why:
             report.skipped["param_importances"] = str(why)
-            log.warning("report: no parameter importances: %s", why)
         except Exception as exc:
             report.skipped["param_importances"] = f"{type(exc).__name__}: {exc}"
             log.warning("report: could not compute parameter importances: %s: %s", type(exc).__name__, exc)
@@ -189,12 +187,16 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
         model_plot = "confusion_matrix" if task == "classification" else "predicted_vs_true"
         if model is None or dataset is None:
             report.skipped[model_plot] = "no refit model" if model is None else "no dataset"
-            log.warning("report: no %s plot: %s", model_plot, report.skipped[model_plot])
         elif task == "classification":
             draw(model_plot, lambda: _confusion_figures(model, dataset, metric, plt))
         else:
             draw(model_plot, lambda: _regression_figures(model, dataset, metric, plt))
     report.seconds = time.perf_counter() - started
+    if report.skipped:
+        by_reason: dict[str, list[str]] = {}
+        for name, why in report.skipped.items():
+            by_reason.setdefault(why, []).append(name)
+        log.warning("report: skipped %s", "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items()))
     return report
 
 

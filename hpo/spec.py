@@ -61,6 +61,7 @@ class SearchSpec(_Section):
     metric: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    max_failures: int | None = Field(None, ge=1)  # stop the study after this many failed trials (none = never)
 
 
 class CVSpec(_Section):

@@ -23,7 +23,7 @@ from hpo import space
 from hpo.errors import StudyExistsError
 from hpo.metrics import METRICS
 from hpo.spec import Spec, load_spec
-from hpo.trial import COMPLETE, PRUNED, TrialResult, TrialSpec
+from hpo.trial import COMPLETE, FAILED, PRUNED, TrialResult, TrialSpec
 
 log = logging.getLogger("hpo")
 
@@ -201,7 +201,7 @@ class StudyRunner:
         from hpo.data import load_dataset
         from hpo.folds import make_folds
         from hpo.reporting import EpochSink
-        from hpo.tracking import Tracker, check_reachable, optuna_storage_for
+        from hpo.tracking import Tracker, check_reachable, optuna_storage_for, store_lock
 
         spec = self.spec
         # data first: a bad dataset is an error before anything is written
@@ -215,22 +215,27 @@ class StudyRunner:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
-        storage = _storage(self.storage_url)
-        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-        if spec.name in existing and existing[spec.name].n_trials > 0 and not self.resume:
-            raise StudyExistsError(
-                f"study {spec.name!r} already has {existing[spec.name].n_trials} trials in {self.storage_url}. "
-                f"Continue it with: hpo run {spec.path or 'SPEC'} --resume (add --n-trials N to raise the budget), "
-                "or give the spec another name"
-            )
-        conc = spec.execution.max_concurrent_trials
-        self.study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                         sampler=_sampler(spec, conc), pruner=_pruner(spec), load_if_exists=True)
-        self.study.set_user_attr("hpo.spec_hash", spec.spec_hash)
+        with store_lock(spec.tracking.uri):
+            storage = _storage(self.storage_url)
+            existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+            summary = existing.get(spec.name)
+            if summary is not None and not self.resume and (
+                    summary.n_trials > 0 or "mlflow.parent_run_id" in summary.user_attrs):
+                raise StudyExistsError(
+                    f"study {spec.name!r} already exists in {self.storage_url} ({summary.n_trials} trials). "
+                    f"Continue it with: hpo run {spec.path or 'SPEC'} --resume (add --n-trials N to raise the "
+                    "budget; two processes with --resume share the work), or give the spec another name"
+                )
+            conc = spec.execution.max_concurrent_trials
+            self.study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                             sampler=_sampler(spec, conc), pruner=_pruner(spec), load_if_exists=True)
+            self.study.set_user_attr("hpo.spec_hash", spec.spec_hash)
+            self.study.set_user_attr("hpo.metric", spec.metric)
 
-        self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name)
-        self.parent_id = self.tracker.start_study(spec, _settings(spec), _lineage(spec), reuse=self.resume)
-        self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
+            self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name)
+            self.parent_id = self.tracker.start_study(spec, _settings(spec), _lineage(spec), reuse=self.resume,
+                                                      parent_id=self.study.user_attrs.get("mlflow.parent_run_id"))
+            self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
 
         self.sink = EpochSink(self.tracker.client, self.study, spec.metric)
         self.executor = self._executor(folds)
@@ -424,7 +429,8 @@ class StudyRunner:
         deadline = None if spec.search.timeout is None else self._started + spec.search.timeout
         try:
             while True:
-                while (not self._stop and launched < remaining and len(pending) < self.executor.max_concurrency
+                while (not self._stop and not self._too_many_failures() and launched < remaining
+                       and len(pending) < self.executor.max_concurrency
                        and (deadline is None or time.perf_counter() < deadline)):
                     fut, trial, run_id, params = self._launch()
                     pending[fut] = (trial, run_id, params)
@@ -446,6 +452,17 @@ class StudyRunner:
                 signal.signal(sig, prev)
             if self.progress is not None:
                 self.progress.stop()
+
+    def _too_many_failures(self) -> bool:
+        limit = self.spec.search.max_failures
+        if limit is None:
+            return False
+        failed = sum(r.state == FAILED for r in self.results)
+        if failed >= limit and not getattr(self, "_failure_stop", False):
+            self._failure_stop = True
+            if self.progress is not None:
+                self.progress.message(f"{failed} trials failed (search.max_failures = {limit}): no new trials")
+        return failed >= limit
 
     def _abandon(self, pending: dict[Future, tuple[Any, str, dict[str, Any]]]) -> None:
         """Second Ctrl-C: record running trials as interrupted so a resume re-queues them."""
@@ -475,6 +492,7 @@ class StudyRunner:
         except ValueError:
             log.warning("no trial completed; nothing to refit")
             self._log_study_tables()
+            self._report(None)
             return None, {}
         params = space.resolve(spec, best.params)
         epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
@@ -501,7 +519,19 @@ class StudyRunner:
             tags["hpo.model_uri"] = model_uri
         self.tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
         self._log_study_tables()
+        self._report(model)
         return model_uri, test_metrics
+
+    def _report(self, model) -> None:
+        """The report plots on the parent run; a plotting problem never fails a finished study."""
+        from hpo.report import write_report
+
+        try:
+            write_report(self.study, self.tracker.client, self.parent_id, model=model, dataset=self.dataset,
+                         metric=self.spec.metric, task=self.spec.task)
+        except Exception as exc:
+            log.warning("the study finished but its report could not be written (%s); retry with: hpo report %s",
+                        exc, self.spec.name)
 
     def _log_model(self, model, ds) -> str | None:
         import mlflow
@@ -514,12 +544,23 @@ class StudyRunner:
         with torch.no_grad():
             out = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, out)
-        with mlflow.start_run(run_id=self.parent_id):
-            info = mlflow.pytorch.log_model(
-                model, name="model", registered_model_name=self.spec.name, signature=signature,
-                input_example=example, code_paths=[str(Path(hpo.__file__).parent)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            )
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        # mlflow.pytorch.log_model works through the fluent API's globals: set them for this call only,
+        # then put back exactly what was there (including "not set")
+        previous = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        mlflow.set_tracking_uri(self.spec.tracking.uri)
+        mlflow.set_registry_uri(self.spec.tracking.uri)
+        try:
+            with mlflow.start_run(run_id=self.parent_id):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", registered_model_name=self.spec.name, signature=signature,
+                    input_example=example, code_paths=[str(Path(hpo.__file__).parent)],
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+                )
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = previous
         return info.model_uri
 
     def _log_study_tables(self) -> None:

@@ -7,10 +7,14 @@ go out as one ``log_batch`` per epoch per trial.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,12 +35,40 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a sqlite store's folder (no-op for servers).
+
+    Two ``hpo run`` started at once on a new store would otherwise race through MLflow's and
+    Optuna's schema migrations, or both create the same study.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".hpo.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def optuna_storage_for(tracking_uri: str) -> str:
     """Optuna's storage next to the tracking store: ``optuna.db`` beside a sqlite ``mlflow.db``,
     else ``sqlite:///mlruns/optuna.db`` in the working directory."""
     db = sqlite_path(tracking_uri)
     folder = db.parent if db is not None else Path("mlruns")
     return f"sqlite:///{folder / 'optuna.db'}"
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@", re.I)
+
+
+def redact(text: str) -> str:
+    """Replace passwords in URLs (``scheme://user:password@host``) with ``***``."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def _flat(params: dict[str, Any]) -> dict[str, str]:
@@ -47,7 +79,6 @@ class Tracker:
     """Records one study in MLflow: tracking URI, experiment name, study name."""
 
     def __init__(self, uri: str, experiment: str, study: str) -> None:
-        import mlflow
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -55,8 +86,6 @@ class Tracker:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model works through the fluent API
-        mlflow.set_registry_uri(uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
@@ -87,18 +116,21 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def start_study(self, spec: Any, settings: dict[str, Any], tags: dict[str, str], reuse: bool) -> str:
-        """Open (or, with ``reuse``, re-open) the study's parent run; log its spec and settings."""
+    def start_study(self, spec: Any, settings: dict[str, Any], tags: dict[str, str], reuse: bool,
+                    parent_id: str | None = None) -> str:
+        """Open the study's parent run — a new one, or with ``reuse`` the known ``parent_id`` (else the
+        one tagged with this study) — and log its spec and settings."""
         from mlflow.entities import Param, RunTag
 
-        run_id = self.find_study_run() if reuse else None
+        run_id = (parent_id or self.find_study_run()) if reuse else None
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=spec.name,
                                          tags={STUDY_TAG: spec.name, ROLE_TAG: "study", **tags})
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in _flat(settings).items()])
             if spec.source:
-                self.client.log_text(run_id, spec.source, f"spec/{Path(spec.path or 'spec.yaml').name}")
+                # the spec may carry a database URL with a password: never store it
+                self.client.log_text(run_id, redact(spec.source), f"spec/{Path(spec.path or 'spec.yaml').name}")
         else:
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

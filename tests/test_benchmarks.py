@@ -1,8 +1,24 @@
-"""The benchmarks keep working (their --quick size); no timing is asserted."""
+"""The benchmarks keep working (their --quick size); no timing is asserted, only sane numbers."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+
+
+def _ok(x: float | None, lo: float = 0.0, hi: float = math.inf) -> bool:
+    return x is not None and math.isfinite(x) and lo <= x <= hi
+
+
+def _no_md_change(monkeypatch):
+    """--quick never writes BENCHMARKS.md; make sure of it."""
+    from benchmarks import _common
+
+    def refuse(*a, **k):  # pragma: no cover - only reached on a regression
+        raise AssertionError("--quick must not write BENCHMARKS.md")
+
+    monkeypatch.setattr(_common, "write_section", refuse)
 
 
 @pytest.mark.slow
@@ -12,3 +28,77 @@ def test_quickstart_benchmark_runs():
     summary = quickstart.main(["--quick"])
     assert 0 < summary["hpo"]["test"] <= 1 and 0 < summary["gridsearchcv"]["test"] <= 1
     assert summary["hpo"]["wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_runs(monkeypatch):
+    from benchmarks import overhead
+
+    _no_md_change(monkeypatch)
+    r = overhead.main(["--quick"])
+    for c in ("c1", "c2"):
+        s = r["summary"][c]
+        assert _ok(s["hpo_wall_s"]["median"], 0.01) and _ok(s["floor_wall_s"]["median"], 0.001)
+        assert _ok(s["ratio_hpo_over_floor"]["median"], 0.01)
+        assert _ok(s["hpo_test"]["median"], 0.05, 1) and _ok(s["floor_test"]["median"], 0.05, 1)
+        phases = s["hpo_phases_median_s"]
+        assert phases["search"] > 0 and all(math.isfinite(v) for v in phases.values())
+
+
+@pytest.mark.slow
+def test_peers_benchmark_runs(monkeypatch):
+    from benchmarks import peers
+
+    _no_md_change(monkeypatch)
+    r = peers.main(["--quick"])
+    assert set(r["summary"]) == set(peers.CONTENDERS)
+    for name, s in r["summary"].items():
+        assert _ok(s["wall_s"]["median"], 0.001), name
+        assert _ok(s["test"]["median"], 0.05, 1), name
+        assert _ok(s["best_cv"]["median"], 0.05, 1), name
+    assert _ok(r["summary"]["hpo_ray"]["ray_start_s"]["median"], 0.0)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs(monkeypatch):
+    from benchmarks import scale
+
+    _no_md_change(monkeypatch)
+    r = scale.main(["--quick"])
+    for key, st in r["studies"].items():
+        assert st["n_trials"] == 30, key
+        last = st["overhead_ms_at"]["30"]
+        assert _ok(last["wall_ms"], 0.01) and _ok(last["train_ms"], 0.0) and math.isfinite(last["overhead_ms"])
+        assert st["sql_commits_per_trial"] > 0
+        assert _ok(st["rss_mb"]["final"], 10) and st["final_sizes_mb"]["mlflow.db"] > 0
+        assert _ok(st["test"], 0.05, 1)
+
+
+@pytest.mark.slow
+def test_search_efficiency_benchmark_runs(monkeypatch):
+    from benchmarks import search_efficiency
+
+    _no_md_change(monkeypatch)
+    r = search_efficiency.main(["--quick"])
+    for s in ("tpe", "random", "grid"):
+        curve = r["curves"][s]["median"]
+        assert len(curve) == r["budget"]
+        done = [v for v in curve if v is not None]
+        assert done and all(0 <= v <= 1 for v in done) and done == sorted(done)  # best-so-far never drops
+    for p in ("none", "median", "successive_halving"):
+        assert r["pruning"][p]["total_epochs"] > 0
+        assert _ok(r["pruning"][p]["test"], 0.0, 1)
+
+
+@pytest.mark.slow
+def test_gpu_throughput_benchmark_runs(monkeypatch):
+    from benchmarks import gpu_throughput
+
+    _no_md_change(monkeypatch)
+    r = gpu_throughput.main(["--quick", "--device", "cpu", "--models", "cnn"])
+    v = r["images_per_s"]["cnn"]
+    for loop in ("hpo", "bare", "dataloader"):
+        assert _ok(v[loop]["median"], 1.0), loop
+    c = gpu_throughput.main(["--quick", "--device", "cpu", "--models", "cnn", "--concurrent", "1,2", "--n", "128"])
+    assert [k["processes"] for k in c["concurrent"]["cnn"]] == [1, 2]
+    assert all(_ok(k["aggregate_images_per_s"], 1.0) for k in c["concurrent"]["cnn"])

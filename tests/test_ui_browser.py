@@ -182,17 +182,35 @@ def _close_assistant(driver) -> None:
 
 
 def test_experiment_page_lists_the_trials(ui, study, browser, shots):
+    from selenium.webdriver.common.by import By
+
     result, children = study["result"], study["children"]
     browser.get(f"{ui}/#/experiments/{result.experiment_id}/runs")
     parent = f"//a[contains(@href, '/runs/{result.parent_run_id}')]"
-    expand = _wait(browser, f"{parent}/ancestor::span[contains(@class, 'ag-cell-value')]//button", clickable=True)
-    expand.click()  # the trials are nested under the study's parent run
+    toggle = f"{parent}/ancestor::span[contains(@class, 'ag-cell-value')]//button"
+    first_child = f"//a[contains(@href, '/runs/{children[0].info.run_id}')]"
+    _wait(browser, toggle, clickable=True)
+    for _ in range(4):  # the trials are nested under the study's parent run: expand it
+        if browser.find_elements(By.XPATH, first_child):
+            break
+        try:  # the grid may re-render under the click while its data arrives; look again and retry
+            browser.find_element(By.XPATH, toggle).click()
+            _wait(browser, first_child, timeout=10)
+        except Exception:
+            pass
     for child in children:
         link = _wait(browser, f"//a[contains(@href, '/runs/{child.info.run_id}')]")
         assert link.text == child.info.run_name  # e.g. "trial-002 lr=0.0031 width=16 optimizer=adam"
         for name in ("lr", "width", "optimizer"):
             assert f"{name}=" in link.text
     _close_assistant(browser)
+    try:  # widen the Run Name column so the screenshot shows the parameters in the names
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        handle = browser.find_element(By.CSS_SELECTOR, ".ag-header-cell[col-id*='Run Name'] .ag-header-cell-resize")
+        ActionChains(browser).click_and_hold(handle).move_by_offset(120, 0).move_by_offset(120, 0).release().perform()
+    except Exception:
+        pass
     time.sleep(1)
     browser.save_screenshot(str(shots / "1_experiment_runs.png"))
     assert "ui-iris" in browser.page_source

@@ -29,7 +29,7 @@ def command(args: argparse.Namespace) -> list[str]:
 
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", args.host, "--port", str(args.port)]
+            "--host", args.host, "--port", str(args.port), "--workers", "1"]
 
 
 def main(args: argparse.Namespace) -> int:

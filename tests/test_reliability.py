@@ -1,0 +1,78 @@
+"""Failures that must not lose work: failing trials, the fail-fast limit, concurrent studies, secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+import hpo
+from hpo.tracking import optuna_storage_for, redact
+
+IRIS = """
+name: {name}
+data: {{dataset: iris}}
+model: mlp
+search: {{sampler: {sampler}, n_trials: {n}, seed: 0{extra}}}
+cv: {{folds: 2}}
+params:
+{params}
+"""
+
+
+def test_max_failures_stops_proposing_trials(write_spec, store):
+    spec = write_spec(IRIS.format(name="failfast", sampler="grid", n=4, extra=", max_failures: 2", params=(
+        "  lr: [1.0e+5, 1.0e+6, 1.0e+7, 0.01]\n  optimizer: sgd\n  momentum: 0.99\n  epochs: 3")))
+    result = hpo.run(spec, tracking_uri=store)
+    trials = optuna.load_study(study_name="failfast", storage=optuna_storage_for(store)).get_trials()
+    assert result.counts["failed"] == 2
+    assert len(trials) < 4  # the fourth grid point was never started
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            assert "loss became" in t.user_attrs["reason"]
+
+
+def test_secrets_in_the_spec_are_not_stored(write_spec, store):
+    text = IRIS.format(name="secret", sampler="random", n=1, extra="", params="  epochs: 1")
+    text = "# results mirrored to postgresql+psycopg2://hpo:hunter2@db:5432/runs\n" + text
+    result = hpo.run(write_spec(text), tracking_uri=store)
+    client = MlflowClient(store)
+    spec_file = [a.path for a in client.list_artifacts(result.parent_run_id, "spec")][0]
+    stored = client.download_artifacts(result.parent_run_id, spec_file)
+    content = open(stored).read()
+    assert "hunter2" not in content and "hpo:***@db" in content
+    run = client.get_run(result.parent_run_id)
+    assert not any("hunter2" in v for v in [*run.data.params.values(), *run.data.tags.values()])
+
+
+def test_redact_keeps_the_rest_of_the_url():
+    assert redact("uri: https://u:p%40ss@h:5000/x and s3://a:b@c") == "uri: https://u:***@h:5000/x and s3://a:***@c"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.slow
+def test_two_studies_on_one_store_at_once(tmp_path, store):
+    procs = []
+    for name in ("left", "right"):
+        (tmp_path / f"{name}.yaml").write_text(IRIS.format(
+            name=name, sampler="random", n=6, extra="", params="  lr: {low: 1.0e-3, high: 1.0e-1, log: true}\n"
+            "  epochs: 3"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "hpo", "run", f"{name}.yaml", "--tracking-uri", store,
+                                       "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env={**os.environ, "NO_COLOR": "1"}))
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        assert "database is locked" not in err
+    client = MlflowClient(store)
+    for name in ("left", "right"):
+        trials = optuna.load_study(study_name=name, storage=optuna_storage_for(store)).get_trials()
+        assert len(trials) == 6 and len({t.number for t in trials}) == 6
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id])
+        assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 6
+        assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
