@@ -207,6 +207,55 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def early_threads() -> None:
+    """Called by a benchmark run as a script, before numpy/torch load: ``--threads N`` (default 1)
+    becomes OMP/MKL/OpenBLAS_NUM_THREADS, so that threads created later (hpo's trial pool,
+    Optuna's n_jobs, subprocesses) get it too -- ``torch.set_num_threads`` alone only reaches
+    the calling thread's OpenMP team."""
+    n = "1"
+    if "--threads" in sys.argv[:-1]:
+        n = sys.argv[sys.argv.index("--threads") + 1]
+    if n != "0":
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = n
+
+
+class pinned_threads:
+    """Run with ``n`` intra-op threads (torch, and OpenMP/BLAS via threadpoolctl); restores them after.
+
+    On this 2-core machine, shared with other sessions' test suites, torch's default of 2
+    OpenMP threads made the very same small training run take anywhere from 0.6 s to 14 s
+    (process CPU time inflating with it: OpenMP threads spin-waiting for a descheduled peer);
+    with 1 thread the same run took 0.65-0.8 s every time. Every contender runs under the same
+    setting; Ray workers with ``num_cpus=1`` get ``OMP_NUM_THREADS=1`` from Ray anyway.
+    ``n = 0`` leaves the libraries' defaults alone.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._limits = None
+        self._before: int | None = None
+
+    def __enter__(self) -> pinned_threads:
+        if self.n > 0:
+            import torch
+            from threadpoolctl import threadpool_limits
+
+            self._before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+            self._limits = threadpool_limits(self.n)
+            os.environ["OMP_NUM_THREADS"] = str(self.n)  # subprocesses started from here
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._before is not None:
+            import torch
+
+            torch.set_num_threads(self._before)
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+
+
 def quiet_logs() -> None:
     """Keep MLflow/Optuna/alembic chatter off stdout so the JSON stays readable."""
     import logging

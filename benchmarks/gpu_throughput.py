@@ -23,6 +23,11 @@ it writes its section of BENCHMARKS.md, on CUDA into the section ``gpu_throughpu
 
 from __future__ import annotations
 
+from benchmarks import _common as C  # first: with __main__, the thread settings precede numpy/torch
+
+if __name__ == "__main__":
+    C.early_threads()
+
 import argparse
 import json
 import os
@@ -31,7 +36,6 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import _common as C
 
 MODELS = {"resnet20": ("resnet", {"depth": 20, "width": 16}), "cnn": ("cnn", {"depth": 3, "width": 32})}
 

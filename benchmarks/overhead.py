@@ -20,6 +20,11 @@ broken into phases by wrapping StudyRunner methods from outside (nothing in hpo 
 
 from __future__ import annotations
 
+from benchmarks import _common as C  # first: with __main__, the thread settings precede numpy/torch
+
+if __name__ == "__main__":
+    C.early_threads()
+
 import argparse
 import subprocess
 import sys
@@ -30,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import _common as C
 
 SPEC = """\
 name: overhead-ref
@@ -220,9 +224,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 trials x 2 epochs, once")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     ap.add_argument("--concurrency", default="1,2")
     args = ap.parse_args(argv)
     C.quiet_logs()
+    with C.pinned_threads(args.threads):
+        return _main(args)
+
+
+def _main(args) -> dict[str, Any]:
     epochs, n_trials = (2, 2) if args.quick else (20, 16)
     repeats = 1 if args.quick else args.repeats
     concs = [int(c) for c in args.concurrency.split(",")]

@@ -27,6 +27,11 @@ The contenders run interleaved within each repeat; medians (min-max) over repeat
 
 from __future__ import annotations
 
+from benchmarks import _common as C  # first: with __main__, the thread settings precede numpy/torch
+
+if __name__ == "__main__":
+    C.early_threads()
+
 import argparse
 import os
 import tempfile
@@ -36,7 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import _common as C
 from benchmarks.overhead import make_spec
 
 CONC = 2
@@ -244,11 +248,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 trials x 2 epochs, a 2-point grid, once")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     ap.add_argument("--only", default=",".join(CONTENDERS))
     ap.add_argument("--gridsearch-repeats", type=int, default=1,
                     help="GridSearchCV takes minutes on 2 cores and does not vary with hpo: run it this many times")
     args = ap.parse_args(argv)
     C.quiet_logs()
+    with C.pinned_threads(args.threads):
+        return _main(args)
+
+
+def _main(args) -> dict[str, Any]:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     epochs, n_trials = (2, 2) if args.quick else (20, 16)

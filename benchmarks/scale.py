@@ -17,6 +17,11 @@ Everything is timed by wrapping functions from outside; nothing in hpo is edited
 
 from __future__ import annotations
 
+from benchmarks import _common as C  # first: with __main__, the thread settings precede numpy/torch
+
+if __name__ == "__main__":
+    C.early_threads()
+
 import argparse
 import statistics
 import tempfile
@@ -24,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _common as C
 
 SPEC = """\
 name: scale-iris
@@ -189,8 +193,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--wal", default="random",
                     help="samplers to run once more with sqlite WAL + synchronous=NORMAL ('' for none)")
     ap.add_argument("--repeats", type=int, default=1, help="accepted for uniformity; a 1,000-trial study runs once")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     args = ap.parse_args(argv)
     C.quiet_logs()
+    with C.pinned_threads(args.threads):
+        return _main(args)
+
+
+def _main(args) -> dict[str, Any]:
     n = 30 if args.quick else args.trials
     mach, vers = C.machine(), C.versions()
     run_study("random", 3)  # warm-up: imports and lazy paths; not measured

@@ -19,6 +19,11 @@
 
 from __future__ import annotations
 
+from benchmarks import _common as C  # first: with __main__, the thread settings precede numpy/torch
+
+if __name__ == "__main__":
+    C.early_threads()
+
 import argparse
 import statistics
 import tempfile
@@ -26,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _common as C
 
 SPEC = """\
 name: search-eff
@@ -86,8 +90,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--prune-epochs", type=int, default=6)
     ap.add_argument("--prune-budget", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=None, help="alias of --seeds")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     args = ap.parse_args(argv)
     C.quiet_logs()
+    with C.pinned_threads(args.threads):
+        return _main(args)
+
+
+def _main(args) -> dict[str, Any]:
     seeds = args.repeats or args.seeds
     budget, epochs, pe, pb = args.budget, args.epochs, args.prune_epochs, args.prune_budget
     if args.quick:

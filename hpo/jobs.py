@@ -112,13 +112,19 @@ def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = Non
         runtime_env: dict[str, Any] = {
             "working_dir": str(workdir),
             "py_modules": [str(Path(hpo.__file__).parent)],
-            "env_vars": {"PYTHONUNBUFFERED": "1"},
+            # MLflow probes the working directory for a uv project when logging a model; Ray may already
+            # have recycled a job's working_dir on the head by then
+            "env_vars": {"PYTHONUNBUFFERED": "1", "MLFLOW_UV_AUTO_DETECT": "false"},
         }
         metadata = {"submitted_by": SUBMITTED_BY, "study": spec.name, "spec": rel}
+        # Ray may recycle the job's working_dir on the head while the driver still runs (its trials live on
+        # other nodes), and torch / MLflow read the working directory late: run from a private copy of it
+        entrypoint = ('set -e; d="$(mktemp -d -t hpo-job-XXXXXX)"; cp -R . "$d"; cd "$d"; '
+                      + "exec " + shlex.join(cmd))
         deadline = time.monotonic() + 180
         while True:
             try:
-                return client.submit_job(entrypoint=shlex.join(cmd), runtime_env=runtime_env, metadata=metadata)
+                return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
             except RuntimeError as exc:
                 # a head that just started answers before its job agent is up: wait for it
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:

@@ -168,3 +168,49 @@ def test_server_answers_the_cluster_name_and_refuses_other_hosts(mlflow_url):
     assert status(f"127.0.0.1:{port}") == 200
     assert status(f"localhost:{port}") == 200
     assert status("evil.example:5000") in (400, 403)
+
+
+def test_submit_to_a_ray_head_and_worker_node_with_postgres_tracking(mlflow_url, pg_dsn, served_artifacts,
+                                                                      tmp_path):
+    """The compose topology natively: hpo submit -> Ray head (no CPUs) + one worker node; MLflow server on
+    PostgreSQL with served artifacts; Optuna's storage in PostgreSQL too (so the study could be resumed)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests._services import create_database, ray_cluster, sqlalchemy_uri
+
+    optuna_db = sqlalchemy_uri(create_database(pg_dsn, "optuna"))
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    text = textwrap.dedent(STUDY.format(name="cluster-iris")) + (
+        "execution: {executor: ray, max_concurrent_trials: 2, cpus_per_trial: 1}\n")
+    text = text.replace("tracking: {keep_checkpoints: 1}", f"tracking: {{keep_checkpoints: 1, storage: '{optuna_db}'}}")
+    (proj / "spec.yaml").write_text(text)
+    with ray_cluster() as cluster:  # its own short temp dir: Ray's socket paths are length-limited
+        env = {**os.environ, **cluster["env"], "NO_COLOR": "1"}
+        proc = subprocess.run([sys.executable, "-m", "hpo", "submit", "spec.yaml", "--address", cluster["address"],
+                               "--tracking-uri", mlflow_url, "--wait"], cwd=proj, env=env, capture_output=True,
+                              text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "SUCCEEDED" in proc.stdout
+
+    client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+    exp = client.get_experiment_by_name("cluster-iris")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("hpo.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
+    assert len(parent) == 1 and len(children) == 3
+    assert all(c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for c in children)
+    assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 2 for c in children)
+    # the head offers no CPUs: every trial ran on the worker node's processes
+    assert all("cpu" in c.data.tags["hpo.worker"] for c in children)
+    assert client.search_model_versions("name = 'cluster-iris'")
+    # in PostgreSQL: the runs (MLflow) and the trials (Optuna)
+    ids = {r[0] for r in pg_rows(pg_dsn, "SELECT run_uuid FROM runs WHERE experiment_id = %s", int(exp.experiment_id))}
+    assert ids == {r.info.run_id for r in runs}
+    optuna_dsn = optuna_db.replace("postgresql+psycopg2://", "postgresql://")
+    assert pg_rows(optuna_dsn, "SELECT count(*) FROM trials WHERE state = 'COMPLETE'") == [(3,)]
+    # the checkpoint downloads through the server
+    local = client.download_artifacts(parent[0].info.run_id, "checkpoint/best.pt", str(tmp_path))
+    assert read_checkpoint(local)["state"] is not None
