@@ -76,3 +76,33 @@ def test_two_studies_on_one_store_at_once(tmp_path, store):
         runs = client.search_runs([exp.experiment_id])
         assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 6
         assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
+
+
+@pytest.mark.slow
+def test_same_study_started_twice_at_once_runs_once(tmp_path, store):
+    (tmp_path / "s.yaml").write_text(IRIS.format(name="twice", sampler="random", n=3, extra="",
+                                                 params="  epochs: 2"))
+    procs = [subprocess.Popen([sys.executable, "-m", "hpo", "run", "s.yaml", "--tracking-uri", store, "--quiet"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "NO_COLOR": "1"}) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], [o[1][-1500:] for o in outs]
+    refused = [o[1] for p, o in zip(procs, outs, strict=True) if p.returncode == 2][0]
+    assert "--resume" in refused and "Traceback" not in refused
+    trials = optuna.load_study(study_name="twice", storage=optuna_storage_for(store)).get_trials()
+    assert len(trials) == 3
+    exp = MlflowClient(store).get_experiment_by_name("twice")
+    runs = MlflowClient(store).search_runs([exp.experiment_id])
+    assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
+
+
+def test_tracking_server_down_at_start_is_an_error_before_training(tmp_path):
+    from tests._processes import free_port
+    from tests.conftest import run_cli
+
+    (tmp_path / "s.yaml").write_text(IRIS.format(name="down", sampler="random", n=1, extra="", params="  epochs: 1"))
+    proc = run_cli("run", "s.yaml", "--tracking-uri", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "is not reachable" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns").exists()
