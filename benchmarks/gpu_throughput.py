@@ -36,7 +36,6 @@ import sys
 import time
 from typing import Any
 
-
 MODELS = {"resnet20": ("resnet", {"depth": 20, "width": 16}), "cnn": ("cnn", {"depth": 3, "width": 32})}
 
 
@@ -109,7 +108,7 @@ def make_bare(model: str, x, y, device: str, bs: int):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return epoch
 
@@ -136,7 +135,7 @@ def make_dataloader(model: str, x, y, device: str, bs: int):
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return epoch
 
@@ -191,7 +190,8 @@ def worker(args) -> None:
 
 def concurrent(k: int, model: str, n: int, device: str, bs: int, loop: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.gpu_throughput", "--worker", "--models", model, "--n", str(n),
-           "--device", device, "--batch-size", str(bs), "--loop", loop]
+           "--device", device, "--batch-size", str(bs), "--loop", loop,
+           "--threads", os.environ.get("OMP_NUM_THREADS", "0")]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=C.ROOT)
              for _ in range(k)]
     for p in procs:
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--concurrent", default=None, help="e.g. 1,2,4: processes training at once")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch/OpenMP threads per process (set before torch loads; 0 = library default)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.device = _device(args.device)

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 SPEC = """\
 name: scale-iris
 data:

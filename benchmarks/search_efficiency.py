@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 SPEC = """\
 name: search-eff
 data:
@@ -83,7 +82,7 @@ def run_study(sampler: str, seed: int, budget: int, epochs: int, pruner: str = "
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 seed, 3 trials, 1 epoch; pruning 3 trials x 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 2 trials, 1 epoch; pruning 2 trials x 2 epochs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=3)
@@ -101,7 +100,7 @@ def _main(args) -> dict[str, Any]:
     seeds = args.repeats or args.seeds
     budget, epochs, pe, pb = args.budget, args.epochs, args.prune_epochs, args.prune_budget
     if args.quick:
-        seeds, budget, epochs, pe, pb = 1, 3, 1, 2, 3
+        seeds, budget, epochs, pe, pb = 1, 2, 1, 2, 2
     mach, vers = C.machine(), C.versions()
     samplers = ("tpe", "random", "grid")
     studies: dict[str, list[dict[str, Any]]] = {s: [] for s in samplers}
@@ -125,7 +124,7 @@ def _main(args) -> dict[str, Any]:
 
     pruning = {p: run_study("tpe", 0, pb, pe, p) for p in ("none", "median", "successive_halving")}
     ref = pruning["none"]["best_cv"]
-    for p, r in pruning.items():
+    for r in pruning.values():
         reach = next((i for i, b in enumerate(r["curve"]) if b is not None and b >= ref - 0.005), None)
         r["trial_reaching_ref"] = None if reach is None else reach + 1
         r["epochs_to_ref"] = None if reach is None else r["epochs_cum"][reach]

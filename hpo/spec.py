@@ -88,6 +88,7 @@ class TrackingSpec(_Section):
     uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = None
     keep_checkpoints: int = Field(1, ge=0)
+    report: bool = True  # draw the report plots onto the parent run at the end (hpo report NAME draws them later)
     # Optuna's storage (any SQLAlchemy URL); default: optuna.db beside a sqlite tracking store
     storage: str | None = None
 

@@ -526,6 +526,8 @@ class StudyRunner:
         """The report plots on the parent run; a plotting problem never fails a finished study."""
         from hpo.report import write_report
 
+        if not self.spec.tracking.report:
+            return
         try:
             write_report(self.study, self.tracker.client, self.parent_id, model=model, dataset=self.dataset,
                          metric=self.spec.metric, task=self.spec.task)

@@ -86,7 +86,7 @@ def test_mlflow_layout(finished):
 @pytest.mark.slow
 def test_registered_model_reproduces_the_test_metric(finished):
     _, store, _ = finished
-    client = MlflowClient(store)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     exp = client.get_experiment_by_name("digits-e2e")
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("hpo.role") == "study"][0]
     versions = client.search_model_versions("name='digits-e2e'")
@@ -101,6 +101,7 @@ def test_registered_model_reproduces_the_test_metric(finished):
     assert acc == pytest.approx(logged, abs=1e-9)
 
     mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     registered = mlflow.pytorch.load_model(f"models:/digits-e2e/{versions[0].version}")
     with torch.no_grad():
         acc2 = compute_metric("accuracy", ds.y_test, registered(x).softmax(1).numpy())

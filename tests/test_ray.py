@@ -27,6 +27,7 @@ data: {{dataset: digits}}
 model: mlp
 search: {{sampler: tpe, n_trials: {n_trials}, seed: 0, pruner: {pruner}}}
 cv: {{folds: 2}}
+tracking: {{report: false}}
 params:
   lr: {{low: 1.0e-3, high: 3.0e-2, log: true}}
   width: [16, 32]

@@ -19,6 +19,7 @@ data: {{dataset: iris}}
 model: mlp
 search: {{sampler: {sampler}, n_trials: {n}, seed: 0{extra}}}
 cv: {{folds: 2}}
+tracking: {{report: false}}
 params:
 {params}
 """

@@ -1,0 +1,11 @@
+#!/bin/sh
+# The full runs reported in BENCHMARKS.md, one after another (never two at once).
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+R=benchmarks/results
+$PY -m benchmarks.overhead --repeats 3 > $R/overhead.json 2> $R/overhead.log
+$PY -m benchmarks.peers --repeats 2 > $R/peers.json 2> $R/peers.log
+$PY -m benchmarks.scale --trials 1000 > $R/scale.json 2> $R/scale.log
+$PY -m benchmarks.search_efficiency --seeds 3 --budget 10 --prune-budget 10 > $R/search_efficiency.json 2> $R/search_efficiency.log
+$PY -m benchmarks.gpu_throughput --device cpu --n 1000 --repeats 3 > $R/gpu_throughput.json 2> $R/gpu_throughput.log
+$PY -m benchmarks.gpu_throughput --device cpu --n 1000 --models resnet20,cnn --concurrent 1,2,4 > $R/gpu_throughput_concurrent.json 2> $R/gpu_throughput_concurrent.log
