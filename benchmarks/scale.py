@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--samplers", default="random,tpe")
     ap.add_argument("--wal", default="random",
                     help="samplers to run once more with sqlite WAL + synchronous=NORMAL ('' for none)")
+    ap.add_argument("--wal-trials", type=int, default=None, help="trials of the WAL runs (default: --trials)")
     ap.add_argument("--repeats", type=int, default=1, help="accepted for uniformity; a 1,000-trial study runs once")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     args = ap.parse_args(argv)
@@ -207,7 +208,7 @@ def _main(args) -> dict[str, Any]:
     variants = [(s, False) for s in args.samplers.split(",") if s] + [(s, True) for s in args.wal.split(",") if s]
     for s, wal in variants:
         key = f"{s}+wal" if wal else s
-        studies[key] = run_study(s, n, wal)
+        studies[key] = run_study(s, (args.wal_trials or n) if wal and not args.quick else n, wal)
         studies[key]["load_after"] = C.loadavg()
     targets = {}
     for s, r in studies.items():

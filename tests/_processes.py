@@ -38,11 +38,12 @@ def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
 
 def ray_head(tmp: Path, env: dict[str, str], num_cpus: int = 2) -> tuple[subprocess.Popen, str, str]:
     """``ray start --head --block`` in its own session; returns (process, GCS address, Jobs API URL)."""
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     log = open(tmp / "ray-head.log", "w")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=true", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=true", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={agent}"],
         cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 90

@@ -37,3 +37,10 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything in test_benchmarks.py is a ``benchmark`` test (run them with ``-m benchmark``)."""
+    for item in items:
+        if item.path.name == "test_benchmarks.py":
+            item.add_marker(pytest.mark.benchmark)

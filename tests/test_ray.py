@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 import hpo
-from hpo.tracking import optuna_storage_for
+from hpo.tracking import optuna_storage_for, store_lock
 from tests._processes import ray_head, stop_group
 from tests.conftest import run_cli
 
@@ -45,7 +45,8 @@ def local_ray():
 
 
 def trials_of(name: str, store: str):
-    return optuna.load_study(study_name=name, storage=optuna_storage_for(store)).get_trials()
+    with store_lock(store):  # the driver may be creating the storage right now: take its lock
+        return optuna.load_study(study_name=name, storage=optuna_storage_for(store)).get_trials()
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from hpo.tracking import optuna_storage_for
+from hpo.tracking import optuna_storage_for, store_lock
 from tests.conftest import run_cli
 
 SPEC = """
@@ -40,7 +40,8 @@ def _wait_for(store, predicate, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            trials = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store)).get_trials()
+            with store_lock(store):  # the driver may be creating the storage right now: take its lock
+                trials = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store)).get_trials()
             if predicate(trials):
                 return trials
         except Exception:  # not created yet
