@@ -75,8 +75,8 @@ def loadavg() -> float | None:
 
 
 def command() -> str:
-    return "python -m " + " ".join([Path(sys.argv[0]).stem if sys.argv[0].endswith(".py") else sys.argv[0],
-                                    *sys.argv[1:]])
+    """How this benchmark was started, as ``python -m benchmarks.<name> ARGS``."""
+    return " ".join(["python -m benchmarks." + Path(sys.argv[0]).stem, *sys.argv[1:]])
 
 
 # --------------------------------------------------------------------------- statistics

@@ -216,7 +216,7 @@ def _main(args) -> dict[str, Any]:
         targets[s] = {"median_overhead_at_last_le_25ms": last["overhead_ms"] <= 25,
                       "no_trial_above_250ms": r["n_trials_over_250ms"] == 0,
                       "memory_flat (< 1 MB per 100 trials)": abs(r["rss_mb"]["growth_per_100_trials_after_10pct"]) < 1.0}
-    result = {"benchmark": "scale", "quick": args.quick, "machine": mach, "versions": vers, "n_trials": n,
+    result = {"benchmark": "scale", "quick": args.quick, "command": C.command(), "machine": mach, "versions": vers, "n_trials": n,
               "studies": studies, "targets": targets}
     if not args.quick:
         C.RESULTS.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 def render(r: dict[str, Any]) -> str:
     lines = ["## 3. Scale: the service's own time per trial over 1,000 trials", "",
-             C.env_block(r["machine"], r["versions"], f"python -m benchmarks.scale --trials {r['n_trials']}"),
+             C.env_block(r["machine"], r["versions"], r.get("command") or f"python -m benchmarks.scale --trials {r['n_trials']}"),
              f"iris (120 train), MLP (width 8–64, depth 1–2, dropout, lr log, batch [16, 32], adam), 2 folds, 2 epochs, "
              f"{r['n_trials']} trials, one at a time, full tracking into a fresh sqlite store. Overhead = wall per trial "
              "(launch to next launch) − training (run_trial minus the epoch sink calls inside it). Median over the "
