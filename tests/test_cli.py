@@ -100,9 +100,16 @@ def test_registered_model_reproduces_the_test_metric(finished):
         acc = compute_metric("accuracy", ds.y_test, model(x).softmax(1).numpy())
     assert acc == pytest.approx(logged, abs=1e-9)
 
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
-    registered = mlflow.pytorch.load_model(f"models:/digits-e2e/{versions[0].version}")
+    try:
+        registered = mlflow.pytorch.load_model(f"models:/digits-e2e/{versions[0].version}")
+    finally:  # leave no process-wide MLflow settings behind for the next test in this worker
+        tracking_utils._tracking_uri, registry_utils._registry_uri = previous
     with torch.no_grad():
         acc2 = compute_metric("accuracy", ds.y_test, registered(x).softmax(1).numpy())
     assert acc2 == pytest.approx(logged, abs=1e-9)

@@ -153,7 +153,7 @@ def test_submit_to_a_ray_head_with_token_auth(tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         assert "SUCCEEDED" in proc.stdout and "raysubmit_" in proc.stdout
         assert "submitted" in listed.stdout and "SUCCEEDED" in listed.stdout
-        client = MlflowClient(store)
+        client = MlflowClient(tracking_uri=store, registry_uri=store)
         exp = client.get_experiment_by_name("submitted")
         runs = client.search_runs([exp.experiment_id])
         assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 2
