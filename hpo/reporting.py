@@ -13,12 +13,12 @@ from typing import Any
 
 
 class EpochSink:
-    """Logs each epoch's metrics to the trial's MLflow run (one batch) and reports the
-    fold-mean metric to Optuna; answers whether the trial should stop (pruned or the study
-    is stopping)."""
+    """Logs each epoch's metrics to the trial's MLflow run (one batch, through the study's
+    :class:`~hpo.outbox.Outbox`) and reports the fold-mean metric to Optuna; answers whether
+    the trial should stop (pruned, the study is stopping, or the tracking server is gone)."""
 
-    def __init__(self, client: Any, study: Any, metric: str) -> None:
-        self.client = client
+    def __init__(self, outbox: Any, study: Any, metric: str) -> None:
+        self.outbox = outbox
         self.study = study
         self.key = f"val_{metric}"
         self._trials: OrderedDict[int, Any] = OrderedDict()
@@ -26,16 +26,22 @@ class EpochSink:
         self._stop = False
 
     @classmethod
-    def open(cls, tracking_uri: str, storage_url: str, study_name: str, metric: str, spec: Any) -> EpochSink:
-        """Open its own MLflow client and Optuna study (used inside the Ray actor)."""
+    def open(cls, tracking_uri: str, storage_url: str, study_name: str, metric: str, spec: Any,
+             spool: str | None = None) -> EpochSink:
+        """Open its own MLflow client, outbox (spool folder ``spool``) and Optuna study (inside the Ray actor)."""
         import optuna
         from mlflow import MlflowClient
 
+        from hpo.outbox import Outbox, apply_http_defaults
+        from hpo.sqlite_store import use_wal
         from hpo.study import _pruner, _storage
 
+        use_wal(tracking_uri)
+        apply_http_defaults(tracking_uri)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=study_name, storage=_storage(storage_url), pruner=_pruner(spec))
-        return cls(MlflowClient(tracking_uri=tracking_uri), study, metric)
+        outbox = Outbox(MlflowClient(tracking_uri=tracking_uri), spool, grace_s=spec.tracking.outage_timeout, role="s")
+        return cls(outbox, study, metric)
 
     def _trial(self, number: int):
         import optuna
@@ -57,11 +63,13 @@ class EpochSink:
 
     def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> bool:
         """Record one epoch; True means stop the trial now."""
-        from mlflow.entities import Metric
-
         if run_id:
             ts = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()])
+            self.outbox.log_batch(run_id, metrics=[(k, float(v), ts, epoch) for k, v in metrics.items()])
+            if self.outbox.pending:
+                self.outbox.flush()
+                if self.outbox.gave_up:
+                    self._stop = True
         trial = self._trial(number)
         if epoch not in trial._cached_frozen_trial.intermediate_values:  # a retried trial re-reports its epochs
             trial.report(metrics[self.key], epoch)

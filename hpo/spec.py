@@ -91,6 +91,8 @@ class TrackingSpec(_Section):
     report: bool = True  # draw the report plots onto the parent run at the end (hpo report NAME draws them later)
     # Optuna's storage (any SQLAlchemy URL); default: optuna.db beside a sqlite tracking store
     storage: str | None = None
+    # seconds a tracking server may be unreachable mid-study before the study stops (writes wait meanwhile)
+    outage_timeout: float = Field(300.0, gt=0)
 
 
 class _RawSpec(_Section):

@@ -49,6 +49,10 @@ class StudyResult:
     duration_s: float
     trials: list[TrialResult] = field(default_factory=list)
     interrupted: bool = False
+    tracking_lost: bool = False  # stopped because the tracking server was gone too long
+    tracking_waiting: int = 0  # MLflow writes still waiting in the spool (send them with `hpo sync NAME`)
+    spool: str | None = None
+    tracking_uri: str = ""
 
 
 class Interrupted(Exception):
@@ -103,7 +107,9 @@ def _storage(url: str):
     import optuna
 
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        from hpo.sqlite_store import use_wal
+
+        use_wal(url)
         # a second process on the same file waits for the lock instead of failing at once
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     return optuna.storages.RDBStorage(url)
@@ -232,12 +238,15 @@ class StudyRunner:
             self.study.set_user_attr("hpo.spec_hash", spec.spec_hash)
             self.study.set_user_attr("hpo.metric", spec.metric)
 
-            self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name)
-            self.parent_id = self.tracker.start_study(spec, _settings(spec), _lineage(spec), reuse=self.resume,
-                                                      parent_id=self.study.user_attrs.get("mlflow.parent_run_id"))
+            self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name,
+                                   outage_timeout=spec.tracking.outage_timeout)
+            self._sync_spool()
+            self.parent_id = self.tracker.start_study(
+                spec, _settings(spec), _lineage(spec), reuse=self.resume,
+                parent_id=self.tracker.out.real_id(self.study.user_attrs.get("mlflow.parent_run_id")))
             self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
 
-        self.sink = EpochSink(self.tracker.client, self.study, spec.metric)
+        self.sink = EpochSink(self.tracker.out, self.study, spec.metric)
         self.executor = self._executor(folds)
         self.topk = _TopK(spec.tracking.keep_checkpoints, spec.direction)
         self.best_run: str | None = None
@@ -253,7 +262,8 @@ class StudyRunner:
 
             self._started_ray = connect(ex.address)
             sink_args = {"tracking_uri": spec.tracking.uri, "storage_url": self.storage_url,
-                         "study_name": spec.name, "metric": spec.metric, "spec": spec}
+                         "study_name": spec.name, "metric": spec.metric, "spec": spec,
+                         "spool": str(self.tracker.spool)}
             return RayExecutor(x=ds.x_train, y=ds.y_train, n_classes=ds.n_classes, folds=folds, sink_args=sink_args,
                                device=ex.device, max_concurrency=ex.max_concurrent_trials,
                                cpus_per_trial=ex.cpus_per_trial, gpus_per_trial=ex.gpus_per_trial,
@@ -277,16 +287,16 @@ class StudyRunner:
             if t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in requeued:
                 self.study.enqueue_trial(t.params, skip_if_exists=False)
                 requeued.add(t.number)
-                run_id = t.user_attrs.get("mlflow.run_id")
+                run_id = self.tracker.out.real_id(t.user_attrs.get("mlflow.run_id"))
                 if run_id:
                     try:
-                        self.tracker.client.set_terminated(run_id, status="KILLED")
+                        self.tracker.out.set_terminated(run_id, status="KILLED")
                         self.tracker.set_tag(run_id, "hpo.state", "killed")
                     except Exception:  # the run may not exist any more; the trial re-runs either way
                         pass
         self.study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            run_id = t.user_attrs.get("mlflow.run_id")
+            run_id = self.tracker.out.real_id(t.user_attrs.get("mlflow.run_id"))
             if run_id and t.value is not None:
                 self.topk.offer(t.value, t.number, run_id)
                 if self.best_value is None or (t.value > self.best_value) == (self.spec.direction == "maximize"):
@@ -321,8 +331,9 @@ class StudyRunner:
         from optuna.trial import TrialState
 
         spec = self.spec
-        if self._stop and result.state == PRUNED:  # stopped by the signal, not by the pruner
-            result.state, result.reason = "killed", "interrupted (SIGINT/SIGTERM); re-queued on --resume"
+        if (self._stop or self.sink.stopping) and result.state == PRUNED:  # stopped, not pruned
+            why = "the tracking server was unreachable" if self.sink.outbox.gave_up else "SIGINT/SIGTERM"
+            result.state, result.reason = "killed", f"interrupted ({why}); re-queued on --resume"
         trial.set_user_attr("duration_s", round(result.duration_s, 3))
         if result.fold_values:
             trial.set_user_attr("fold_values", result.fold_values)
@@ -344,7 +355,7 @@ class StudyRunner:
             if self.best_value is None or (result.value > self.best_value) == (spec.direction == "maximize") \
                     and result.value != self.best_value:
                 if self.best_run:
-                    self.tracker.client.delete_tag(self.best_run, "best")
+                    self.tracker.out.delete_tag(self.best_run, "best")
                 self.tracker.set_tag(run_id, "best", "true")
                 self.best_value, self.best_run = result.value, run_id
         result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
@@ -394,16 +405,29 @@ class StudyRunner:
 
     def run(self, n_trials: int | None = None) -> StudyResult:
         """Run trials until ``n_trials`` are finished (or the timeout / a signal), then refit and test."""
+        from hpo.outbox import is_outage
+
         self._started = time.perf_counter()
         try:
             self._prepare()
             interrupted = self._search(n_trials)
+            if not interrupted and not self.tracker.out.drain(self._grace_left()):
+                self._lose_tracking()  # the server did not come back before the refit: resume refits later
+                interrupted = True
             if interrupted:
                 self.tracker.end_study("KILLED")
-                return self._result(None, {}, interrupted=True)
-            model_uri, test_metrics = self._refit()
+                return self._settle(self._result(None, {}, interrupted=True))
+            try:
+                model_uri, test_metrics = self._refit()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self.tracker.out._went_down(exc)
+                self._lose_tracking()
+                self.tracker.end_study("KILLED")
+                return self._settle(self._result(None, {}, interrupted=True))
             self.tracker.end_study("FINISHED")
-            return self._result(model_uri, test_metrics)
+            return self._settle(self._result(model_uri, test_metrics))
         finally:
             if getattr(self, "executor", None) is not None:
                 self.executor.close()
@@ -443,6 +467,7 @@ class StudyRunner:
                 for fut in finished:
                     trial, run_id, params = pending.pop(fut)
                     self._finish(fut.result(), trial, run_id, params)
+                self._check_tracking()
             return self._stop
         except KeyboardInterrupt:
             self._abandon(pending)
@@ -452,6 +477,57 @@ class StudyRunner:
                 signal.signal(sig, prev)
             if self.progress is not None:
                 self.progress.stop()
+
+    def _sync_spool(self) -> None:
+        """Send tracking writes an earlier run of this study left waiting (``hpo sync`` does the same)."""
+        from hpo.errors import TrackingError
+        from hpo.outbox import read_ids, sync, waiting
+
+        spool = self.tracker.spool
+        if not waiting(spool):
+            return
+        sent, left = sync(self.tracker.client, spool)
+        if left:
+            raise TrackingError(f"{left} tracking writes of an earlier run of {self.spec.name!r} wait in {spool} and "
+                                f"{self.spec.tracking.uri} does not take them yet; retry when it answers "
+                                f"(hpo sync {self.spec.name})")
+        log.warning("sent %d tracking writes an earlier run left waiting in %s", sent, spool)
+        self.tracker.out.ids.update(read_ids(spool))
+
+    def _grace_left(self) -> float:
+        out = self.tracker.out
+        if out.down_since is None:
+            return 0.0
+        return max(0.0, out.grace_s - (time.monotonic() - out.down_since))
+
+    def _check_tracking(self) -> None:
+        """Retry waiting tracking writes; stop the study when the server has been gone too long."""
+        out = self.tracker.out
+        if out.pending:
+            out.flush()
+        if (out.gave_up or self.sink.outbox.gave_up) and not self._stop:
+            self._lose_tracking()
+
+    def _lose_tracking(self) -> None:
+        self._stop = self.tracking_lost = True
+        self.executor.stop_trials()
+        if self.progress is not None:
+            self.progress.message(f"the tracking server {self.spec.tracking.uri} has not answered for "
+                                  f"{self.tracker.out.grace_s:.0f}s ({self.tracker.out.last_error}): stopping; "
+                                  "running trials stop after their epoch")
+
+    def _settle(self, result: StudyResult) -> StudyResult:
+        """Last try to send waiting writes; what still waits is reported with where it is kept."""
+        out = self.tracker.out
+        if out.pending and not out.gave_up:
+            out.drain(self._grace_left())
+        elif out.pending:
+            out.flush(force=True)
+        result.tracking_waiting = out.pending
+        result.spool = str(self.tracker.spool) if out.pending else None
+        result.tracking_uri = self.spec.tracking.uri
+        result.tracking_lost = getattr(self, "tracking_lost", False) or bool(out.pending)
+        return result
 
     def _too_many_failures(self) -> bool:
         limit = self.spec.search.max_failures
@@ -472,7 +548,7 @@ class StudyRunner:
             try:
                 trial.set_user_attr(INTERRUPTED_ATTR, True)
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.tracker.client.set_terminated(run_id, status="KILLED")
+                self.tracker.out.set_terminated(run_id, status="KILLED")
                 self.tracker.set_tag(run_id, "hpo.state", "killed")
             except Exception as exc:  # keep going: the rest must still be closed
                 log.warning("could not close trial %s: %s", trial.number, exc)

@@ -7,52 +7,24 @@ go out as one ``log_batch`` per epoch per trial.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from hpo.errors import TrackingError
+from hpo.outbox import Outbox, apply_http_defaults, spool_dir
+from hpo.sqlite_store import seed_mlflow_db, sqlite_path, store_lock, use_wal  # noqa: F401 (re-exported)
 
 STUDY_TAG = "hpo.study"
 ROLE_TAG = "hpo.role"  # "study" on the parent run, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under its parent
 CHECKPOINT_DIR = "checkpoint"
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or ``None`` for other stores."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on a sqlite store's folder (no-op for servers).
-
-    Two ``hpo run`` started at once on a new store would otherwise race through MLflow's and
-    Optuna's schema migrations, or both create the same study.
-    """
-    db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".hpo.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def optuna_storage_for(tracking_uri: str) -> str:
@@ -78,13 +50,15 @@ def _flat(params: dict[str, Any]) -> dict[str, str]:
 class Tracker:
     """Records one study in MLflow: tracking URI, experiment name, study name."""
 
-    def __init__(self, uri: str, experiment: str, study: str) -> None:
+    def __init__(self, uri: str, experiment: str, study: str, *, outage_timeout: float | None = None) -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
         db = sqlite_path(uri)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            seed_mlflow_db(uri)
+            use_wal(uri)
+        apply_http_defaults(uri)
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
@@ -104,6 +78,9 @@ class Tracker:
         self.experiment = experiment
         self.study = study
         self.parent_id: str | None = None
+        self.spool = spool_dir(uri, study)
+        kw = {} if outage_timeout is None else {"grace_s": outage_timeout}
+        self.out = Outbox(self.client, self.spool, **kw)  # every write goes through it
 
     # ------------------------------------------------------------------ study (parent run)
 
@@ -120,54 +97,43 @@ class Tracker:
                     parent_id: str | None = None) -> str:
         """Open the study's parent run — a new one, or with ``reuse`` the known ``parent_id`` (else the
         one tagged with this study) — and log its spec and settings."""
-        from mlflow.entities import Param, RunTag
-
         run_id = (parent_id or self.find_study_run()) if reuse else None
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=spec.name,
-                                         tags={STUDY_TAG: spec.name, ROLE_TAG: "study", **tags})
-            run_id = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in _flat(settings).items()])
+            run_id = self.out.create_run(self.experiment_id, spec.name, {STUDY_TAG: spec.name, ROLE_TAG: "study", **tags})
+            self.out.log_batch(run_id, params=_flat(settings))
             if spec.source:
                 # the spec may carry a database URL with a password: never store it
-                self.client.log_text(run_id, redact(spec.source), f"spec/{Path(spec.path or 'spec.yaml').name}")
+                self.out.log_text(run_id, redact(spec.source), f"spec/{Path(spec.path or 'spec.yaml').name}")
         else:
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.out.update_run(run_id, status="RUNNING")
+            self.out.log_batch(run_id, tags=tags)
         self.parent_id = run_id
         return run_id
 
     def end_study(self, status: str = "FINISHED") -> None:
         """Close the parent run."""
         if self.parent_id:
-            self.client.set_terminated(self.parent_id, status=status)
+            self.out.set_terminated(self.parent_id, status=status)
 
     # ------------------------------------------------------------------ trials (child runs)
 
     def start_trial(self, number: int, params: dict[str, Any], sampled: dict[str, Any]) -> str:
         """Create the nested child run of trial ``number`` with all its parameters."""
-        from mlflow.entities import Param
-
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=trial_run_name(number, sampled),
-            tags={PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: "trial",
-                  "hpo.trial": str(number), "hpo.state": "running"},
+        run_id = self.out.create_run(
+            self.experiment_id, trial_run_name(number, sampled),
+            {PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: "trial",
+             "hpo.trial": str(number), "hpo.state": "running"},
         )
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
-        return run.info.run_id
+        self.out.log_batch(run_id, params=_flat(params))
+        return run_id
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
         """All of one epoch's numbers in one call (step = epoch)."""
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()])
+        self.out.log_batch(run_id, metrics=[(k, float(v), ts, epoch) for k, v in metrics.items()])
 
     def end_trial(self, run_id: str, result: Any, metric: str) -> None:
         """Final CV metrics, state and duration of a trial; closes its run."""
-        from mlflow.entities import Metric, RunTag
-
         ts = int(time.time() * 1000)
         metrics = {"duration_s": result.duration_s, "epochs_trained": result.epochs_trained}
         if result.value is not None:
@@ -183,26 +149,22 @@ class Tracker:
                 tags["hpo.gpu"] = result.worker.split(" cuda ", 1)[1][:500]
         if result.reason:
             tags["hpo.reason"] = result.reason[:5000]
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                              tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(run_id, status=STATUS[result.state])
+        self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
+        self.out.set_terminated(run_id, status=STATUS[result.state])
 
     # ------------------------------------------------------------------ artifacts
 
     def log_file(self, run_id: str, local: Path, artifact_dir: str | None = None) -> None:
         """Upload one local file into ``artifact_dir`` of ``run_id``."""
-        self.client.log_artifact(run_id, str(local), artifact_dir)
+        self.out.log_artifact(run_id, local, artifact_dir)
 
     def log_json(self, run_id: str, obj: Any, name: str) -> None:
         """Write ``obj`` as a JSON artifact ``name``."""
-        self.client.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+        self.out.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
 
     def delete_artifacts(self, run_id: str, path: str) -> None:
         """Remove ``path`` from a run's artifacts (used to drop checkpoints that left the top k)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        run = self.client.get_run(run_id)
-        get_artifact_repository(run.info.artifact_uri).delete_artifacts(path)
+        self.out.delete_artifacts(run_id, path)
 
     def download(self, run_id: str, path: str, dst: str) -> str:
         """Download artifact ``path`` of ``run_id`` into ``dst``; returns the local path."""
@@ -210,21 +172,15 @@ class Tracker:
 
     def log_summary(self, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str]) -> None:
         """Study-level results on the parent run."""
-        from mlflow.entities import Metric, Param, RunTag
-
         ts = int(time.time() * 1000)
-        existing = self.client.get_run(self.parent_id).data.params
+        existing = self.client.get_run(self.out.real_id(self.parent_id)).data.params
         new_params = {k: v for k, v in _flat(params).items() if k not in existing}
-        self.client.log_batch(
-            self.parent_id,
-            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in new_params.items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
+        self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()],
+                           params=new_params, tags=tags)
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Set one tag."""
-        self.client.set_tag(run_id, key, value)
+        self.out.set_tag(run_id, key, value)
 
 
 def trial_run_name(number: int, sampled: dict[str, Any]) -> str:

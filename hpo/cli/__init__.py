@@ -19,11 +19,12 @@ from hpo.cli import report as report_cmd
 from hpo.cli import run as run_cmd
 from hpo.cli import show as show_cmd
 from hpo.cli import submit as submit_cmd
+from hpo.cli import sync as sync_cmd
 from hpo.cli import ui as ui_cmd
 from hpo.cli import validate as validate_cmd
 
 COMMANDS = (run_cmd, validate_cmd, show_cmd, compare_cmd, report_cmd, ui_cmd, dashboard_cmd, submit_cmd, jobs_cmd,
-            cancel_cmd)
+            cancel_cmd, sync_cmd)
 
 EPILOG = """examples:
   hpo validate search_spaces/digits_mlp.yaml

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the study; exit 0 when it finished, 130 when interrupted."""
+    """Run the study; exit 0 when it finished, 130 when interrupted, 75 when the tracking server was lost."""
     from rich.console import Console
 
     from hpo.errors import SpecError
@@ -47,6 +47,16 @@ def main(args: argparse.Namespace) -> int:
     result = run(spec, n_trials=args.n_trials, seed=args.seed, tracking_uri=args.tracking_uri,
                  executor=args.executor, address=args.address, resume=args.resume, progress=StudyProgress(per_trial_lines=not args.quiet))
     console.print(summary_table(result))
+    if result.tracking_lost:
+        from hpo.cli.sync import EXIT_STILL_WAITING
+        from hpo.tracking import redact
+
+        waiting = (f"{result.tracking_waiting} MLflow writes wait in {result.spool}; once it answers, send them with "
+                   f"hpo sync {spec.name}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+                   + ", then " if result.tracking_waiting else "once it answers, ")
+        console.print(f"[red]stopped[/]: the tracking server {redact(result.tracking_uri)} did not answer. Finished "
+                      f"trials are saved in Optuna's storage; {waiting}continue with: hpo run {args.spec} --resume")
+        return EXIT_STILL_WAITING
     if result.interrupted:
         console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: "
                       f"hpo run {args.spec} --resume")

@@ -164,6 +164,10 @@ class RayExecutor:
 
         for w in self.workers:
             ray.kill(w)
+        try:  # last epochs still waiting for the tracking server stay in the spool on disk
+            ray.get(self.sink.flush.remote(), timeout=30)
+        except Exception:  # noqa: S110 - the sink may already be gone with its node
+            pass
         ray.kill(self.sink)
 
 
@@ -184,3 +188,8 @@ class EpochSinkActor:
     def stop(self) -> None:
         """See :meth:`EpochSink.stop`."""
         self.sink.stop()
+
+    def flush(self) -> int:
+        """Try once more to send waiting tracking writes; returns how many still wait."""
+        self.sink.outbox.flush(force=True)
+        return self.sink.outbox.pending

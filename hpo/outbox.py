@@ -1,0 +1,361 @@
+"""MLflow writes that outlive a tracking-server outage.
+
+Every write a study makes to MLflow goes through an :class:`Outbox`. While the tracking
+server answers, a write goes straight out. When it does not (connection refused, timeout,
+HTTP 5xx), that write and every later one wait, in order, in a spool on disk
+(``<store folder>/.outbox/<study>/``); a run created meanwhile gets a placeholder id
+(``pending-…``), and the outbox retries every ``retry_s`` seconds. Once the server is
+back the queue drains in order and placeholders are swapped for the real run ids. If the
+server stays away longer than ``grace_s`` seconds, :attr:`Outbox.gave_up` turns true and
+the study stops cleanly; Optuna's storage holds every finished trial and the spool every
+write, and :func:`sync` (``hpo sync NAME``, also the first thing ``hpo run --resume``
+does) sends them once the server answers again.
+
+The spool is plain JSON lines (one write each) plus copies of files waiting to be uploaded;
+nothing in it is executable. Each process writes its own ``ops-<role>-<pid>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hpo.sqlite_store import sqlite_path
+
+log = logging.getLogger("hpo")
+
+PENDING = "pending-"
+IDS_FILE = "ids.json"
+DEFAULT_GRACE_S = 300.0
+DEFAULT_RETRY_S = 5.0
+
+# MLflow's REST client retries a failed request 7 times with exponential back-off (minutes);
+# the outbox does its own retrying, so a single request should fail fast.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def spool_dir(tracking_uri: str, study: str) -> Path:
+    """Where the study's waiting writes are kept: beside a sqlite store, else under ``./mlruns``."""
+    db = sqlite_path(tracking_uri)
+    base = db.parent if db is not None else Path("mlruns")
+    return (base / ".outbox" / re.sub(r"[^\w.-]", "_", study)).absolute()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking server is unreachable or failing (not a bad request)."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import requests
+
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+    except ImportError:  # pragma: no cover - requests comes with mlflow
+        pass
+    msg = str(exc)
+    if msg.startswith("API request to") and ("failed with exception" in msg or "timeout exception" in msg):
+        return True
+    return bool(re.search(r"\b(502|503|504) (Server Error|error|!=)|error code (502|503|504)|"
+                          r"too many (502|503|504) error responses", msg))
+
+
+def _has_pending(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(PENDING)
+
+
+class Outbox:
+    """Sends MLflow writes in order, holding them on disk while the server is unreachable.
+
+    ``client``: an :class:`mlflow.MlflowClient`; ``spool``: the folder for waiting writes
+    (``None``: kept in memory only); ``role``: names this process's spool file.
+    """
+
+    def __init__(self, client: Any, spool: Path | None, *, grace_s: float = DEFAULT_GRACE_S,
+                 retry_s: float = DEFAULT_RETRY_S, role: str = "d") -> None:
+        self.client = client
+        self.spool = Path(spool) if spool is not None else None
+        self.grace_s, self.retry_s = grace_s, retry_s
+        self._ops: list[dict[str, Any]] = []
+        self._lock = threading.RLock()
+        self._last_try = 0.0
+        self.down_since: float | None = None
+        self.last_error = ""
+        self.sent_late = 0  # writes that waited and then went out
+        self.ids: dict[str, str] = read_ids(self.spool)
+        self._file = self.spool / f"ops-{role}-{os.getpid()}.jsonl" if self.spool is not None else None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for the server."""
+        return len(self._ops)
+
+    @property
+    def gave_up(self) -> bool:
+        """The server has been unreachable for longer than ``grace_s``."""
+        return self.down_since is not None and time.monotonic() - self.down_since > self.grace_s
+
+    def real_id(self, run_id: str | None) -> str | None:
+        """The MLflow run id behind a placeholder (the id itself when it is real or still pending)."""
+        if run_id and run_id.startswith(PENDING) and run_id not in self.ids:
+            self.ids.update(read_ids(self.spool))  # another process (the Ray sink) may have resolved it
+        return self.ids.get(run_id, run_id) if run_id else run_id
+
+    # ------------------------------------------------------------------ writes
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run; returns its id, or a placeholder while the server is away."""
+        return self._submit({"op": "create_run", "experiment_id": experiment_id, "run_name": run_name,
+                             "tags": tags, "id": f"{PENDING}{uuid.uuid4().hex}"})
+
+    def log_batch(self, run_id: str, metrics: list[tuple[str, float, int, int]] = (),
+                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Metrics as ``(key, value, timestamp_ms, step)``, params and tags as mappings."""
+        self._submit({"op": "log_batch", "run": run_id, "metrics": [list(m) for m in metrics],
+                      "params": dict(params or {}), "tags": dict(tags or {})})
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        """Close a run with ``status`` (FINISHED, FAILED, KILLED)."""
+        self._submit({"op": "set_terminated", "run": run_id, "status": status})
+
+    def update_run(self, run_id: str, status: str) -> None:
+        """Set a run's status (e.g. RUNNING again on resume)."""
+        self._submit({"op": "update_run", "run": run_id, "status": status})
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Set one tag."""
+        self._submit({"op": "set_tag", "run": run_id, "key": key, "value": value})
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Remove one tag."""
+        self._submit({"op": "delete_tag", "run": run_id, "key": key})
+
+    def log_artifact(self, run_id: str, local: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file; while the server is away a copy waits in the spool (the original may go)."""
+        self._submit({"op": "log_artifact", "run": run_id, "local": str(local), "path": artifact_path})
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write ``text`` as the artifact ``artifact_file``."""
+        self._submit({"op": "log_text", "run": run_id, "text": text, "file": artifact_file})
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove ``path`` from a run's artifacts."""
+        self._submit({"op": "delete_artifacts", "run": run_id, "path": path})
+
+    # ------------------------------------------------------------------ machinery
+
+    def _resolve(self, op: dict[str, Any]) -> dict[str, Any]:
+        if _has_pending(op.get("run")):
+            op = {**op, "run": self.real_id(op["run"])}
+        if op["op"] == "create_run" and _has_pending(op["tags"].get("mlflow.parentRunId")):
+            op = {**op, "tags": {**op["tags"], "mlflow.parentRunId": self.real_id(op["tags"]["mlflow.parentRunId"])}}
+        return op
+
+    @staticmethod
+    def _blocked(op: dict[str, Any]) -> bool:
+        return _has_pending(op.get("run")) or (op["op"] == "create_run"
+                                                and _has_pending(op["tags"].get("mlflow.parentRunId")))
+
+    def _submit(self, op: dict[str, Any]) -> Any:
+        op = self._resolve(op)
+        with self._lock:
+            queue = bool(self._ops) or self._blocked(op)
+        if not queue:
+            try:
+                return self._execute(op, fresh=True)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._went_down(exc)
+        with self._lock:
+            self._enqueue(op)
+        return op.get("id")
+
+    def _went_down(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                self._last_try = self.down_since
+                log.warning("the tracking server does not answer (%s); writes wait in %s and are retried every "
+                            "%.0fs (the study stops after %.0fs without it)", _short(exc), self.spool or "memory",
+                            self.retry_s, self.grace_s)
+            self.last_error = _short(exc)
+
+    def _enqueue(self, op: dict[str, Any]) -> None:
+        if op["op"] == "log_artifact" and self.spool is not None:
+            keep = self.spool / "files" / uuid.uuid4().hex / Path(op["local"]).name
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(op["local"], keep)
+            op = {**op, "local": str(keep)}
+        self._ops.append(op)
+        if self._file is not None:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(op) + "\n")
+
+    def _execute(self, op: dict[str, Any], fresh: bool = False) -> Any:
+        from mlflow.entities import Metric, Param, RunTag
+
+        c, kind = self.client, op["op"]
+        if kind == "create_run":
+            run_id = c.create_run(op["experiment_id"], run_name=op["run_name"], tags=op["tags"]).info.run_id
+            if not fresh:
+                self.ids[op["id"]] = run_id
+                _write_ids(self.spool, self.ids)
+            return run_id
+        run = op["run"]
+        if kind == "log_batch":
+            c.log_batch(run, metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in op["metrics"]],
+                        params=[Param(k, v) for k, v in op["params"].items()],
+                        tags=[RunTag(k, v) for k, v in op["tags"].items()])
+        elif kind == "set_terminated":
+            c.set_terminated(run, status=op["status"])
+        elif kind == "update_run":
+            c.update_run(run, status=op["status"])
+        elif kind == "set_tag":
+            c.set_tag(run, op["key"], op["value"])
+        elif kind == "delete_tag":
+            c.delete_tag(run, op["key"])
+        elif kind == "log_artifact":
+            c.log_artifact(run, op["local"], op["path"])
+        elif kind == "log_text":
+            c.log_text(run, op["text"], op["file"])
+        elif kind == "delete_artifacts":
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            uri = c.get_run(run).info.artifact_uri  # mlflow-artifacts:/ URIs resolve against the server
+            get_artifact_repository(uri, tracking_uri=c.tracking_uri).delete_artifacts(op["path"])
+        else:
+            raise ValueError(f"unknown tracking write {kind!r} in the spool")
+        return None
+
+    def flush(self, force: bool = False, final: bool = False) -> bool:
+        """Send waiting writes in order if ``retry_s`` has passed (or ``force``); True when none wait.
+
+        ``final``: a write for a run whose creation is nowhere to be sent any more is dropped
+        (used by :func:`sync` after every process's writes were replayed)."""
+        if not self._ops:
+            return True
+        if not force and time.monotonic() - self._last_try < self.retry_s:
+            return False
+        with self._lock:
+            self._last_try = time.monotonic()
+            sent = 0
+            while self._ops:
+                op = self._resolve(self._ops[0])
+                if self._blocked(op):
+                    if not final:  # its run is created by a write still waiting elsewhere (another process)
+                        break
+                    log.warning("dropping a tracking write for a run that was never created: %s", op["op"])
+                else:
+                    try:
+                        self._execute(op)
+                    except Exception as exc:
+                        if is_outage(exc):
+                            self.last_error = _short(exc)
+                            break
+                        log.warning("a waiting tracking write failed and is dropped (%s: %s): %s",
+                                    type(exc).__name__, _short(exc), op["op"])
+                self._ops.pop(0)
+                sent += 1
+                if op["op"] == "log_artifact" and self.spool is not None and self.spool in Path(op["local"]).parents:
+                    shutil.rmtree(Path(op["local"]).parent, ignore_errors=True)
+            self.sent_late += sent
+            self._rewrite()
+            if not self._ops:
+                if self.down_since is not None:
+                    log.warning("the tracking server is back: %d waiting writes sent", self.sent_late)
+                self.down_since = None
+                return True
+            return False
+
+    def drain(self, timeout: float) -> bool:
+        """Retry until nothing waits or ``timeout`` seconds pass; True when nothing waits."""
+        deadline = time.monotonic() + timeout
+        while not self.flush(force=True):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(self.retry_s, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def _rewrite(self) -> None:
+        if self._file is None:
+            return
+        if not self._ops:
+            self._file.unlink(missing_ok=True)
+            return
+        tmp = self._file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(op) + "\n" for op in self._ops), encoding="utf-8")
+        os.replace(tmp, self._file)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def read_ids(spool: Path | None) -> dict[str, str]:
+    """The placeholder -> run id map kept in a spool folder."""
+    if spool is None or not (spool / IDS_FILE).exists():
+        return {}
+    try:
+        return dict(json.loads((spool / IDS_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_ids(spool: Path | None, ids: dict[str, str]) -> None:
+    if spool is None:
+        return
+    spool.mkdir(parents=True, exist_ok=True)
+    tmp = spool / f"{IDS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({**read_ids(spool), **ids}), encoding="utf-8")
+    os.replace(tmp, spool / IDS_FILE)
+
+
+def waiting(spool: Path) -> int:
+    """How many writes wait in a spool folder (all processes)."""
+    n = 0
+    for f in sorted(spool.glob("ops-*.jsonl")) if spool.is_dir() else []:
+        n += sum(1 for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
+    return n
+
+
+def sync(client: Any, spool: Path) -> tuple[int, int]:
+    """Send every write waiting in ``spool`` (left by stopped studies), oldest process first.
+
+    Returns ``(sent, still_waiting)``; ``still_waiting > 0`` means the server is still away.
+    Each spool file is removed once it is fully sent.
+    """
+    sent = 0
+    files = sorted(spool.glob("ops-*.jsonl"), key=lambda f: (not f.name.startswith("ops-d-"), f.stat().st_mtime)) \
+        if spool.is_dir() else []
+    for f in files:
+        ob = Outbox(client, spool, grace_s=0.0)
+        ob._file = f
+        ob._ops = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        done = ob.flush(force=True, final=True)
+        sent += ob.sent_late
+        if not done:
+            return sent, waiting(spool)
+    files_dir = spool / "files"
+    if files_dir.is_dir() and not any(files_dir.iterdir()):
+        files_dir.rmdir()
+    return sent, 0
+
+
+def apply_http_defaults(uri: str) -> None:
+    """Fail-fast HTTP settings for MLflow's client when ``uri`` is a server (user settings win)."""
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_ENV.items():
+            os.environ.setdefault(key, value)

@@ -1,0 +1,280 @@
+"""A tracking server that goes away mid-study: writes wait and are retried; a long outage stops
+the study cleanly, `hpo sync` sends what waited, and `--resume` finishes the study.
+
+The server is a real `mlflow server`; the outage is real too: the study talks to it through
+a TCP relay in this test that stops accepting and cuts every open connection (what a
+restarting server or a network partition looks like from the client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._services import free_port, mlflow_server
+
+pytestmark = pytest.mark.slow
+
+
+class Relay:
+    """Forwards 127.0.0.1:port to the server; :meth:`cut` refuses and drops connections, :meth:`restore` relays again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._srv: socket.socket | None = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        self._srv = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._srv,), daemon=True).start()
+
+    def cut(self) -> None:
+        srv, self._srv = self._srv, None
+        if srv is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept(); close() alone does not
+                srv.shutdown(socket.SHUT_RDWR)
+            srv.close()
+        with self._lock:
+            for c in self._conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self._conns.clear()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MLflow tracking server (sqlite backend, served artifacts) for this module."""
+    from hpo.sqlite_store import seed_mlflow_db
+
+    base = tmp_path_factory.mktemp("mlflow-server")
+    backend = f"sqlite:///{base / 'server.db'}"
+    seed_mlflow_db(backend)  # skips MLflow's migrations: the server starts sooner
+    with mlflow_server(backend, base / "artifacts") as url:
+        yield url
+
+
+SPEC = """\
+name: {name}
+data: {{dataset: digits}}
+model: mlp
+search: {{sampler: random, n_trials: {n}, seed: 0}}
+cv: {{folds: 2}}
+params:
+  lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}
+  width: 16
+  depth: 1
+  batch_size: 128
+  epochs: {epochs}
+tracking: {{uri: {uri}, report: false, outage_timeout: {grace}}}
+"""
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finished(cwd: Path, name: str) -> int:
+    """Finished trials of study ``name`` in the Optuna storage hpo keeps under ``cwd/mlruns``."""
+    import sqlite3
+
+    db = cwd / "mlruns" / "optuna.db"
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
+            return con.execute("SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                               "WHERE s.study_name = ? AND t.state IN ('COMPLETE', 'PRUNED')", (name,)).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not there yet
+        return 0
+
+
+def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"hpo exited early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the study")
+        time.sleep(0.1)
+
+
+def _run_with_outage(cwd: Path, relay: Relay, name: str, *, n: int, grace: float, down_for: float | None):
+    """`hpo run` a study through ``relay``; cut it once a trial finished, restore it after ``down_for``
+    seconds (``None``: leave it down). Returns (exit code, output, spec path)."""
+    spec = cwd / "spec.yaml"
+    spec.write_text(SPEC.format(name=name, n=n, epochs=12, uri=relay.url, grace=grace))
+    proc = _start(["run", str(spec)], cwd)
+    try:
+        _wait_for(lambda: _finished(cwd, name) >= 1, 240, proc)
+        relay.cut()
+        if down_for is not None:
+            time.sleep(down_for)
+            relay.restore()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, spec
+
+
+def _runs(url: str, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("hpo.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
+    return client, parents, children
+
+
+def test_a_short_outage_loses_nothing(server, tmp_path):
+    """The server vanishes for ~8 s mid-study: the study waits it out and every curve point arrives."""
+    relay = Relay(int(server.rsplit(":", 1)[1]))
+    name = "outage-short"
+    try:
+        returncode, out, _ = _run_with_outage(tmp_path, relay, name, n=4, grace=120, down_for=8)
+    finally:
+        relay.cut()
+    assert returncode == 0, out
+    assert "does not answer" in out and "back" in out, out  # it did notice the outage
+    client, parents, children = _runs(server, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    for run in children:  # every epoch of every trial, none lost in the outage
+        epochs = int(run.data.metrics["epochs_trained"])
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)) or \
+            sorted(m.step for m in history) == list(range(epochs)), (run.data.tags["hpo.trial"], history)
+    assert not list((tmp_path / "mlruns" / ".outbox").glob(f"{name}/ops-*.jsonl"))
+
+
+def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(server, tmp_path):
+    """The server stays away past tracking.outage_timeout: exit 75 with Optuna holding the finished
+    trials; `hpo sync` sends the waiting writes; `--resume` ends with exactly n_trials, one parent."""
+    relay = Relay(int(server.rsplit(":", 1)[1]))
+    name = "outage-long"
+    returncode, out, spec = _run_with_outage(tmp_path, relay, name, n=5, grace=4, down_for=None)
+    assert returncode == 75, out
+    assert f"hpo sync {name}" in out and "--resume" in out, out
+    assert "Traceback" not in out
+    finished = _finished(tmp_path, name)
+    assert finished >= 1
+    spool = tmp_path / "mlruns" / ".outbox" / name
+    pending = [json.loads(line) for f in spool.glob("ops-*.jsonl") for line in f.read_text().splitlines()]
+    assert pending and any(op["op"] == "set_terminated" for op in pending)
+
+    # still down: sync says so and keeps everything
+    sync = subprocess.run([sys.executable, "-m", "hpo", "sync", name, "--tracking-uri", relay.url], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert sync.returncode == 2 and "not reachable" in sync.stderr, sync.stderr
+    assert list(spool.glob("ops-*.jsonl"))
+
+    relay.restore()
+    try:
+        sync = subprocess.run([sys.executable, "-m", "hpo", "sync", name, "--tracking-uri", relay.url], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        assert "sent" in sync.stdout
+        assert not list(spool.glob("ops-*.jsonl"))
+        client, parents, children = _runs(server, name)
+        assert len(parents) == 1 and parents[0].info.status == "KILLED"
+        by_trial = {int(r.data.tags["hpo.trial"]): r for r in children}
+        # every trial Optuna finished has its MLflow run, closed, with its CV result
+        import optuna
+
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+        for t in study.trials:
+            assert t.number in by_trial, t.number
+            assert by_trial[t.number].info.status != "RUNNING"
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                assert by_trial[t.number].data.metrics["cv_accuracy_mean"] == pytest.approx(t.value)
+
+        resumed = subprocess.run([sys.executable, "-m", "hpo", "run", str(spec), "--resume"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        client, parents, children = _runs(server, name)
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert not [r for r in children if r.info.status == "RUNNING"]
+        states = [r.data.tags["hpo.state"] for r in children]
+        assert sum(s in ("complete", "pruned", "failed") for s in states) == 5, states
+    finally:
+        relay.cut()
+
+
+def test_outage_detection_on_a_real_refused_connection(tmp_path):
+    """What MLflow's client raises for a dead server counts as an outage; a bad request does not."""
+    from mlflow import MlflowClient
+
+    from hpo.outbox import HTTP_ENV, Outbox, is_outage
+
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(Exception) as info:
+        client.get_experiment_by_name("x")
+    assert is_outage(info.value)
+    assert not is_outage(ValueError("Invalid value for metric 'x'"))
+
+    box = Outbox(client, tmp_path / "spool", grace_s=0.5, retry_s=0.1)
+    run_id = box.create_run("1", "trial-000", {"hpo.trial": "0"})
+    assert run_id.startswith("pending-")
+    art = tmp_path / "ckpt.pt"
+    art.write_bytes(b"weights")
+    box.log_batch(run_id, metrics=[("val_accuracy", 0.5, 1, 1)])
+    box.log_artifact(run_id, art)
+    art.unlink()  # the caller's temp file may go: the spool kept a copy
+    assert box.pending == 3 and box.down_since is not None
+    lines = [json.loads(x) for x in next((tmp_path / "spool").glob("ops-d-*.jsonl")).read_text().splitlines()]
+    assert [op["op"] for op in lines] == ["create_run", "log_batch", "log_artifact"]
+    assert Path(lines[2]["local"]).read_bytes() == b"weights"
+    time.sleep(0.6)
+    assert not box.flush(force=True) and box.gave_up and box.pending == 3
