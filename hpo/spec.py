@@ -79,6 +79,9 @@ class ExecutionSpec(_Section):
     cpus_per_trial: float = Field(1.0, gt=0)  # ray: CPUs each trial's worker holds
     gpus_per_trial: float = Field(0.0, ge=0)  # ray: GPU share per trial; 0.5 = two trials per GPU
     max_retries: int = Field(1, ge=0)  # ray: re-runs of a trial whose worker died
+    # torch intra-op threads per trial; none = this machine's cores / max_concurrent_trials (local),
+    # cpus_per_trial (ray)
+    threads_per_trial: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

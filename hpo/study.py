@@ -267,12 +267,12 @@ class StudyRunner:
             return RayExecutor(x=ds.x_train, y=ds.y_train, n_classes=ds.n_classes, folds=folds, sink_args=sink_args,
                                device=ex.device, max_concurrency=ex.max_concurrent_trials,
                                cpus_per_trial=ex.cpus_per_trial, gpus_per_trial=ex.gpus_per_trial,
-                               max_retries=ex.max_retries)
+                               max_retries=ex.max_retries, threads_per_trial=ex.threads_per_trial)
         from hpo.executors import LocalExecutor
         from hpo.trial import FoldData
 
         self.fold_data = FoldData.build(ds.x_train, ds.y_train, ds.n_classes, folds, self.device)
-        return LocalExecutor(self.fold_data, self.sink, ex.max_concurrent_trials)
+        return LocalExecutor(self.fold_data, self.sink, ex.max_concurrent_trials, ex.threads_per_trial)
 
     def _rebuild_state(self) -> None:
         """On resume: fail and re-queue trials a dead driver left RUNNING, re-queue interrupted ones."""

@@ -113,3 +113,19 @@ def test_augment_keeps_shape_and_content_scale():
     out = augment_batch(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     assert out.max() <= x.max() and math.isfinite(float(out.sum()))
+
+
+def test_local_executor_gives_each_concurrent_trial_its_share_of_threads(digits_folds):
+    """Trial threads run with threads_per_trial intra-op threads; the caller's setting comes back after."""
+    from hpo.executors.local import LocalExecutor
+
+    before = torch.get_num_threads()
+    pool = LocalExecutor(digits_folds, sink=None, max_concurrency=2, threads_per_trial=1)
+    try:
+        assert {pool._pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
+    finally:
+        pool.close()
+    inline = LocalExecutor(digits_folds, sink=None, max_concurrency=1, threads_per_trial=3)
+    assert torch.get_num_threads() == 3
+    inline.close()
+    assert torch.get_num_threads() == before

@@ -5,10 +5,19 @@ The training data is moved to the device once and shared by every trial.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from hpo.reporting import EpochSink
 from hpo.trial import FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class LocalExecutor:
@@ -18,12 +27,25 @@ class LocalExecutor:
     that, on a thread pool (torch releases the GIL inside its kernels).
     """
 
-    def __init__(self, fold_data: FoldData, sink: EpochSink, max_concurrency: int = 1) -> None:
+    def __init__(self, fold_data: FoldData, sink: EpochSink, max_concurrency: int = 1,
+                 threads_per_trial: int | None = None) -> None:
+        import torch
+
         self.fold_data = fold_data
         self.sink = sink
         self.max_concurrency = max_concurrency
         self.where = f"local {fold_data.data.device}"
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="hpo-trial") if max_concurrency > 1 else None
+        # concurrent trials share the cores instead of each spinning up a full OpenMP team (on 2 cores,
+        # 2 trials x 2 threads made the same run 1-20x slower than 2 x 1, see BENCHMARKS.md)
+        self.threads = threads_per_trial or max(1, cpu_count() // max_concurrency)
+        self._threads_before = torch.get_num_threads()
+        if max_concurrency > 1:
+            # OpenMP settings are per thread: each pool thread sets its own before its first trial
+            self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="hpo-trial",
+                                            initializer=torch.set_num_threads, initargs=(self.threads,))
+        else:
+            self._pool = None
+            torch.set_num_threads(self.threads)  # inline trials run on this thread
 
     def _run(self, spec: TrialSpec) -> TrialResult:
         self.sink.begin(spec.number)
@@ -44,10 +66,20 @@ class LocalExecutor:
         self.sink.stop()
 
     def refit(self, job: RefitJob, ds) -> tuple:
-        """Run the refit of the best parameters in this process, on the study's device."""
-        return run_refit(job, self.fold_data.data, ds.x_test, ds.y_test)
+        """Run the refit of the best parameters in this process, on the study's device, on every core."""
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(self.threads, cpu_count()))
+        try:
+            return run_refit(job, self.fold_data.data, ds.x_test, ds.y_test)
+        finally:
+            torch.set_num_threads(before)
 
     def close(self) -> None:
         """Wait for running trials and stop the pool."""
+        import torch
+
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(self._threads_before)

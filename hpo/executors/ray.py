@@ -27,8 +27,10 @@ class TrialWorker:
     """The body of a Ray actor: the study's data on this worker's device, then trials on demand."""
 
     def __init__(self, arrays: dict[str, Any], folds: list[tuple[np.ndarray, np.ndarray]], device: str,
-                 sink: Any) -> None:
+                 sink: Any, threads: int = 1) -> None:
         import torch
+
+        torch.set_num_threads(threads)
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,7 +101,7 @@ class RayExecutor:
 
     def __init__(self, *, x: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]],
                  sink_args: dict[str, Any], device: str, max_concurrency: int, cpus_per_trial: float,
-                 gpus_per_trial: float, max_retries: int) -> None:
+                 gpus_per_trial: float, max_retries: int, threads_per_trial: int | None = None) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -117,7 +119,8 @@ class RayExecutor:
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
             max_restarts=-1, max_task_retries=max_retries,
         )
-        self.workers = [worker_cls.remote(data_ref, folds, device, self.sink) for _ in range(max_concurrency)]
+        threads = threads_per_trial or max(1, int(cpus_per_trial))
+        self.workers = [worker_cls.remote(data_ref, folds, device, self.sink, threads) for _ in range(max_concurrency)]
         self._idle = list(self.workers)
         self._lock = threading.Lock()
         ray.get([w.pid.remote() for w in self.workers])  # fail here, not mid-study, if workers cannot start
