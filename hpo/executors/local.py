@@ -20,6 +20,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def auto_threads(concurrency: int) -> int:
+    """Intra-op threads per trial when the spec does not say: the cores split between the concurrent
+    trials, at most ``OMP_NUM_THREADS`` when that is set."""
+    n = max(1, cpu_count() // concurrency)
+    try:
+        return min(n, max(1, int(os.environ["OMP_NUM_THREADS"])))
+    except (KeyError, ValueError):
+        return n
+
+
 class LocalExecutor:
     """Runs trials in the driver process on the study's device.
 
@@ -37,7 +47,7 @@ class LocalExecutor:
         self.where = f"local {fold_data.data.device}"
         # concurrent trials share the cores instead of each spinning up a full OpenMP team (on 2 cores,
         # 2 trials x 2 threads made the same run 1-20x slower than 2 x 1, see BENCHMARKS.md)
-        self.threads = threads_per_trial or max(1, cpu_count() // max_concurrency)
+        self.threads = threads_per_trial or auto_threads(max_concurrency)
         self._threads_before = torch.get_num_threads()
         if max_concurrency > 1:
             # OpenMP settings are per thread: each pool thread sets its own before its first trial
@@ -70,7 +80,7 @@ class LocalExecutor:
         import torch
 
         before = torch.get_num_threads()
-        torch.set_num_threads(max(self.threads, cpu_count()))
+        torch.set_num_threads(max(self.threads, auto_threads(1)))
         try:
             return run_refit(job, self.fold_data.data, ds.x_test, ds.y_test)
         finally:
