@@ -85,6 +85,13 @@ class FoldData:
         return cls(data, idx)
 
 
+def record_failure(result: TrialResult, exc: BaseException) -> None:
+    """Record an exception inside a trial as its failure: type, message and where it happened."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
+
+
 def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = None) -> TrialResult:
     """Train ``spec``'s k fold models in lockstep and score them; never raises.
 
@@ -150,10 +157,16 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
         result.state = FAILED
         result.reason = (f"CUDA out of memory at batch_size {spec.params.get('batch_size')}; "
                          "lower the batch_size choices or run fewer trials per GPU")
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc) and "not enough memory" not in str(exc):
+            record_failure(result, exc)
+        else:  # the CPU allocator's out-of-memory
+            result.state = FAILED
+            result.reason = (f"out of memory (CPU) at batch_size {spec.params.get('batch_size')}, width "
+                             f"{spec.params.get('width')}: {str(exc).split('DefaultCPUAllocator: ')[-1][:200]}; "
+                             "lower batch_size/width or run fewer concurrent trials")
     except Exception as exc:  # a trial's failure is data, never fatal to the study
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-        result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
+        record_failure(result, exc)
     if learners and all(lr.best_state is not None for lr in learners):
         result.fold_values = [float(lr.best_value) for lr in learners]
         result.fold_best_epochs = [lr.best_epoch for lr in learners]

@@ -111,3 +111,17 @@ def test_checkpoints_kept_only_for_the_top_trials(write_spec, store):
     best = [r for r in child if r.data.tags.get("best") == "true"]
     assert len(best) == 1 and best[0].info.run_id == with_ckpt[0].info.run_id
     assert int(best[0].data.tags["hpo.trial"]) == result.best_number
+
+
+def test_out_of_memory_is_recorded_with_the_batch_size_and_a_hint(write_spec, store):
+    """A real allocation failure (an MLP whose layers would need terabytes) fails that trial only."""
+    spec = iris_spec(write_spec, sampler="grid", params={"width": "[8, 2000000]", "depth": "2", "epochs": "2"})
+    result = hpo.run(spec, tracking_uri=store)
+    by_width = {t.params["width"]: t for t in trials(result, store)}
+    big = by_width[2000000]
+    assert big.state == optuna.trial.TrialState.FAIL
+    assert "out of memory" in big.user_attrs["reason"] and "batch_size" in big.user_attrs["reason"]
+    assert by_width[8].state == optuna.trial.TrialState.COMPLETE
+    run = MlflowClient(store).get_run(big.user_attrs["mlflow.run_id"])
+    assert run.info.status == "FAILED" and "lower batch_size" in run.data.tags["hpo.reason"]
+    assert result.counts["failed"] == 1 and result.counts["complete"] == 1
