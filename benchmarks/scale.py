@@ -58,33 +58,21 @@ def _rss_mb() -> float:
 
 
 class SqliteProbe:
-    """Counts SQL transactions (commits) on every SQLAlchemy engine; with ``wal`` also switches every new
-    sqlite connection to ``journal_mode=WAL, synchronous=NORMAL`` -- an experiment run from outside hpo
-    to show what the per-commit fsync of sqlite's default rollback journal costs."""
+    """Counts SQL transactions (commits) on every SQLAlchemy engine while a study runs. (hpo's own
+    sqlite stores run in WAL mode, see ``hpo/sqlite_store.py``; the rollback-journal figures in
+    BENCHMARKS.md predate that.)"""
 
-    def __init__(self, wal: bool) -> None:
-        self.wal, self.commits = wal, 0
+    def __init__(self) -> None:
+        self.commits = 0
 
     def _on_commit(self, conn) -> None:
         self.commits += 1
-
-    @staticmethod
-    def _on_connect(dbapi_conn, record) -> None:
-        import sqlite3
-
-        if isinstance(dbapi_conn, sqlite3.Connection):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
 
     def __enter__(self) -> SqliteProbe:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
         event.listen(Engine, "commit", self._on_commit)
-        if self.wal:
-            event.listen(Engine, "connect", self._on_connect)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -92,11 +80,9 @@ class SqliteProbe:
         from sqlalchemy.engine import Engine
 
         event.remove(Engine, "commit", self._on_commit)
-        if self.wal:
-            event.remove(Engine, "connect", self._on_connect)
 
 
-def run_study(sampler: str, n_trials: int, wal: bool = False) -> dict[str, Any]:
+def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
     import optuna
 
     import hpo
@@ -106,7 +92,7 @@ def run_study(sampler: str, n_trials: int, wal: bool = False) -> dict[str, Any]:
     from hpo.reporting import EpochSink
     from hpo.spec import parse_spec
 
-    with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t, SqliteProbe(wal) as probe:
+    with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t, SqliteProbe() as probe:
         uri = f"sqlite:///{tmp}/mlflow.db"
         spec = parse_spec(SPEC.replace("SAMPLER", sampler).replace("NTRIALS", str(n_trials)))
         for owner, attr, name in ((hs.StudyRunner, "_launch", "launch"), (hs.StudyRunner, "_finish", "finish"),
@@ -168,7 +154,7 @@ def run_study(sampler: str, n_trials: int, wal: bool = False) -> dict[str, Any]:
     rss = [s[1] for s in samples]
     k10 = min(n - 1, max(9, n // 10))
     return {
-        "sampler": sampler, "sqlite": "WAL + synchronous=NORMAL (set from outside)" if wal else "default (rollback journal)",
+        "sampler": sampler, "sqlite": "WAL + synchronous=NORMAL (hpo's default)",
         "sql_commits_per_trial": round(probe.commits / n, 1), "n_trials": n, "wall_s": round(wall, 2), "best_cv": result.best_value,
         "test": result.test_metrics.get("accuracy"),
         "overhead_ms_at": at, "overhead_ms_max": round(over[worst], 1), "overhead_ms_max_trial": worst + 1,
@@ -189,9 +175,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="30 trials per sampler")
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--samplers", default="random,tpe")
-    ap.add_argument("--wal", default="random",
-                    help="samplers to run once more with sqlite WAL + synchronous=NORMAL ('' for none)")
-    ap.add_argument("--wal-trials", type=int, default=None, help="trials of the WAL runs (default: --trials)")
     ap.add_argument("--repeats", type=int, default=1, help="accepted for uniformity; a 1,000-trial study runs once")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     args = ap.parse_args(argv)
@@ -205,11 +188,9 @@ def _main(args) -> dict[str, Any]:
     mach, vers = C.machine(), C.versions()
     run_study("random", 3)  # warm-up: imports and lazy paths; not measured
     studies = {}
-    variants = [(s, False) for s in args.samplers.split(",") if s] + [(s, True) for s in args.wal.split(",") if s]
-    for s, wal in variants:
-        key = f"{s}+wal" if wal else s
-        studies[key] = run_study(s, (args.wal_trials or n) if wal and not args.quick else n, wal)
-        studies[key]["load_after"] = C.loadavg()
+    for s in (s for s in args.samplers.split(",") if s):
+        studies[s] = run_study(s, n)
+        studies[s]["load_after"] = C.loadavg()
     targets = {}
     for s, r in studies.items():
         last = r["overhead_ms_at"][str(r["n_trials"])]

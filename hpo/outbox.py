@@ -80,7 +80,7 @@ class Outbox:
     """
 
     def __init__(self, client: Any, spool: Path | None, *, grace_s: float = DEFAULT_GRACE_S,
-                 retry_s: float = DEFAULT_RETRY_S, role: str = "d") -> None:
+                 retry_s: float = DEFAULT_RETRY_S, role: str = "d", file: Path | None = None) -> None:
         self.client = client
         self.spool = Path(spool) if spool is not None else None
         self.grace_s, self.retry_s = grace_s, retry_s
@@ -92,6 +92,10 @@ class Outbox:
         self.sent_late = 0  # writes that waited and then went out
         self.ids: dict[str, str] = read_ids(self.spool)
         self._file = self.spool / f"ops-{role}-{os.getpid()}.jsonl" if self.spool is not None else None
+        if file is not None:  # take over the writes another (stopped) process left in its spool file
+            self._file = Path(file)
+            self._ops = [json.loads(line) for line in self._file.read_text(encoding="utf-8").splitlines()
+                         if line.strip()]
 
     # ------------------------------------------------------------------ state
 
@@ -176,12 +180,13 @@ class Outbox:
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                self._went_down(exc)
+                self.went_down(exc)
         with self._lock:
             self._enqueue(op)
         return op.get("id")
 
-    def _went_down(self, exc: BaseException) -> None:
+    def went_down(self, exc: BaseException) -> None:
+        """Note that the server stopped answering (``exc`` says how); later writes wait."""
         with self._lock:
             if self.down_since is None:
                 self.down_since = time.monotonic()
@@ -341,9 +346,7 @@ def sync(client: Any, spool: Path) -> tuple[int, int]:
     files = sorted(spool.glob("ops-*.jsonl"), key=lambda f: (not f.name.startswith("ops-d-"), f.stat().st_mtime)) \
         if spool.is_dir() else []
     for f in files:
-        ob = Outbox(client, spool, grace_s=0.0)
-        ob._file = f
-        ob._ops = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ob = Outbox(client, spool, grace_s=0.0, file=f)
         done = ob.flush(force=True, final=True)
         sent += ob.sent_late
         if not done:

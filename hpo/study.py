@@ -422,7 +422,7 @@ class StudyRunner:
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                self.tracker.out._went_down(exc)
+                self.tracker.out.went_down(exc)
                 self._lose_tracking()
                 self.tracker.end_study("KILLED")
                 return self._settle(self._result(None, {}, interrupted=True))
@@ -503,8 +503,7 @@ class StudyRunner:
     def _check_tracking(self) -> None:
         """Retry waiting tracking writes; stop the study when the server has been gone too long."""
         out = self.tracker.out
-        if out.pending:
-            out.flush()
+        out.flush()
         if (out.gave_up or self.sink.outbox.gave_up) and not self._stop:
             self._lose_tracking()
 
@@ -519,10 +518,7 @@ class StudyRunner:
     def _settle(self, result: StudyResult) -> StudyResult:
         """Last try to send waiting writes; what still waits is reported with where it is kept."""
         out = self.tracker.out
-        if out.pending and not out.gave_up:
-            out.drain(self._grace_left())
-        elif out.pending:
-            out.flush(force=True)
+        out.drain(self._grace_left())  # what is left of the grace period; one last try once it is over
         result.tracking_waiting = out.pending
         result.spool = str(self.tracker.spool) if out.pending else None
         result.tracking_uri = self.spec.tracking.uri

@@ -158,13 +158,13 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
         result.reason = (f"CUDA out of memory at batch_size {spec.params.get('batch_size')}; "
                          "lower the batch_size choices or run fewer trials per GPU")
     except RuntimeError as exc:
-        if "can't allocate memory" not in str(exc) and "not enough memory" not in str(exc):
-            record_failure(result, exc)
-        else:  # the CPU allocator's out-of-memory
+        if "DefaultCPUAllocator" in str(exc):  # the CPU allocator's out-of-memory
             result.state = FAILED
             result.reason = (f"out of memory (CPU) at batch_size {spec.params.get('batch_size')}, width "
                              f"{spec.params.get('width')}: {str(exc).split('DefaultCPUAllocator: ')[-1][:200]}; "
                              "lower batch_size/width or run fewer concurrent trials")
+        else:
+            record_failure(result, exc)
     except Exception as exc:  # a trial's failure is data, never fatal to the study
         record_failure(result, exc)
     if learners and all(lr.best_state is not None for lr in learners):
