@@ -94,6 +94,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int) -> dict[str, Any]:
         t.wrap(hs, "_lineage", "lineage_git")
         t.wrap(local, "run_trial", "trial_run")
         t.wrap(EpochSink, "epoch", "epoch_sink")
+        t.wrap(EpochSink, "end", "epoch_sink")  # the trial's last curve batch
         t.wrap(local.LocalExecutor, "refit", "refit_training")
         t0 = time.perf_counter()
         result = hpo.run(spec, tracking_uri=uri)

@@ -97,6 +97,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
         spec = parse_spec(SPEC.replace("SAMPLER", sampler).replace("NTRIALS", str(n_trials)))
         for owner, attr, name in ((hs.StudyRunner, "_launch", "launch"), (hs.StudyRunner, "_finish", "finish"),
                                   (local, "run_trial", "run_trial"), (EpochSink, "epoch", "sink"),
+                                  (EpochSink, "end", "sink_end"),
                                   (optuna.Study, "ask", "ask"), (optuna.Study, "tell", "tell"),
                                   (ht.Tracker, "start_trial", "start_trial"), (ht.Tracker, "end_trial", "end_trial"),
                                   (hs.StudyRunner, "_keep_checkpoint", "checkpoint")):
@@ -131,6 +132,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
         rs, rd = calls["run_trial"][i]
         sink_i = sum(d for s, d in sink if rs <= s <= rs + rd)
         train_i = rd - sink_i
+        sink_i += sum(d for s, d in calls.get("sink_end", []) if launches[i] <= s <= end)  # last curve batch
         per_trial.append({
             "wall_ms": 1000 * wall_i, "train_ms": 1000 * train_i, "overhead_ms": 1000 * (wall_i - train_i),
             "ask_ms": 1000 * calls["ask"][i][1], "start_trial_ms": 1000 * calls["start_trial"][i][1],

@@ -1,28 +1,52 @@
 """Where a running trial's epochs go: MLflow curves and Optuna's pruner, in one place.
 
-A trial calls ``EpochSink.epoch`` after every epoch, wherever it runs. Locally the sink is
-a plain object in the driver; on Ray it is an actor pinned to the driver's node, so
-workers need neither the MLflow store nor the Optuna storage, only the sink's handle.
+A trial calls ``EpochSink.epoch`` after every epoch and ``EpochSink.end`` when it stops,
+wherever it runs. Locally the sink is a plain object in the driver; on Ray it is an actor
+pinned to the driver's node, so workers need neither the MLflow store nor the Optuna
+storage, only the sink's handle.
+
+Each epoch's fold-mean metric goes to Optuna at once (``trial.report``: the learning curves
+of Optuna's plots and dashboard), and the pruner is asked only when the study has one. The
+MLflow curves are sent in batches: every :data:`CURVE_FLUSH_S` seconds while a trial runs
+(the MLflow UI follows a running trial with that delay) and when it ends; MLflow's cost per
+``log_batch`` call is several times its cost per metric, so one call per epoch was the
+largest bookkeeping item of a study (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
+CURVE_FLUSH_S = 5.0  # seconds between MLflow curve batches of a running trial
+MAX_BATCH_METRICS = 1000  # MLflow's limit on metrics per log_batch call
+
+
+def has_pruner(study: Any) -> bool:
+    """Whether ``study`` prunes (anything but Optuna's NopPruner): only then is ``should_prune`` asked."""
+    import optuna
+
+    return not isinstance(study.pruner, optuna.pruners.NopPruner)
+
 
 class EpochSink:
-    """Logs each epoch's metrics to the trial's MLflow run (one batch, through the study's
+    """Logs each epoch's metrics to the trial's MLflow run (batched, through the study's
     :class:`~hpo.outbox.Outbox`) and reports the fold-mean metric to Optuna; answers whether
     the trial should stop (pruned, the study is stopping, or the tracking server is gone)."""
 
-    def __init__(self, outbox: Any, study: Any, metric: str) -> None:
+    def __init__(self, outbox: Any, study: Any, metric: str, flush_s: float = CURVE_FLUSH_S) -> None:
         self.outbox = outbox
         self.study = study
         self.key = f"val_{metric}"
+        self.flush_s = flush_s
+        self.prunes = has_pruner(study)
         self._trials: OrderedDict[int, Any] = OrderedDict()
         self._attempts: dict[int, int] = {}
+        self._curves: dict[str, list[tuple[str, float, int, int]]] = {}  # run id -> metrics not sent yet
+        self._sent_at: dict[str, float] = {}
+        self._lock = threading.Lock()  # local trials on a thread pool share the sink
         self._stop = False
 
     @classmethod
@@ -46,26 +70,38 @@ class EpochSink:
     def _trial(self, number: int):
         import optuna
 
-        trial = self._trials.get(number)
-        if trial is None:
-            storage = self.study._storage
-            trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-            trial = self._trials[number] = optuna.trial.Trial(self.study, trial_id)
-            while len(self._trials) > 256:  # finished trials fall out; running ones are recent
-                self._trials.popitem(last=False)
-        return trial
+        with self._lock:
+            trial = self._trials.get(number)
+            if trial is None:
+                storage = self.study._storage
+                trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+                trial = self._trials[number] = optuna.trial.Trial(self.study, trial_id)
+                while len(self._trials) > 256:  # finished trials fall out; running ones are recent
+                    self._trials.popitem(last=False)
+            return trial
 
-    def begin(self, number: int) -> int:
-        """A worker starts trial ``number``; returns the attempt (0 first, 1 on the first retry, ...)."""
-        attempt = self._attempts.get(number, -1) + 1
-        self._attempts[number] = attempt
+    def begin(self, number: int, run_id: str | None = None) -> int:
+        """A worker starts trial ``number``; returns the attempt (0 first, 1 on the first retry, ...).
+
+        Curves of an earlier attempt that were not sent yet are dropped: the retry reports its
+        epochs again."""
+        with self._lock:
+            attempt = self._attempts.get(number, -1) + 1
+            self._attempts[number] = attempt
+            if run_id:
+                self._curves.pop(run_id, None)
+                self._sent_at[run_id] = time.monotonic()
         return attempt
 
     def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> bool:
         """Record one epoch; True means stop the trial now."""
         if run_id:
-            ts = int(time.time() * 1000)
-            self.outbox.log_batch(run_id, metrics=[(k, float(v), ts, epoch) for k, v in metrics.items()])
+            ts, now = int(time.time() * 1000), time.monotonic()
+            with self._lock:
+                self._curves.setdefault(run_id, []).extend((k, float(v), ts, epoch) for k, v in metrics.items())
+                due = now - self._sent_at.setdefault(run_id, now) >= self.flush_s
+            if due:
+                self._send(run_id)
             if self.outbox.pending:
                 self.outbox.flush()
                 if self.outbox.gave_up:
@@ -73,7 +109,21 @@ class EpochSink:
         trial = self._trial(number)
         if epoch not in trial._cached_frozen_trial.intermediate_values:  # a retried trial re-reports its epochs
             trial.report(metrics[self.key], epoch)
-        return self._stop or trial.should_prune()
+        return self._stop or (self.prunes and trial.should_prune())
+
+    def end(self, number: int, run_id: str | None) -> None:
+        """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet."""
+        if run_id:
+            self._send(run_id)
+            with self._lock:
+                self._sent_at.pop(run_id, None)
+
+    def _send(self, run_id: str) -> None:
+        with self._lock:
+            batch = self._curves.pop(run_id, [])
+            self._sent_at[run_id] = time.monotonic()
+        for i in range(0, len(batch), MAX_BATCH_METRICS):
+            self.outbox.log_batch(run_id, metrics=batch[i:i + MAX_BATCH_METRICS])
 
     def stop(self) -> None:
         """From now on every trial is told to stop after its current epoch."""

@@ -267,7 +267,8 @@ class StudyRunner:
             return RayExecutor(x=ds.x_train, y=ds.y_train, n_classes=ds.n_classes, folds=folds, sink_args=sink_args,
                                device=ex.device, max_concurrency=ex.max_concurrent_trials,
                                cpus_per_trial=ex.cpus_per_trial, gpus_per_trial=ex.gpus_per_trial,
-                               max_retries=ex.max_retries, threads_per_trial=ex.threads_per_trial)
+                               max_retries=ex.max_retries, threads_per_trial=ex.threads_per_trial,
+                               prunes=self.sink.prunes)
         from hpo.executors import LocalExecutor
         from hpo.trial import FoldData
 

@@ -11,6 +11,7 @@ to ``max_retries`` times; then it is recorded as failed with the reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import Future
@@ -22,12 +23,15 @@ from hpo.errors import HpoError
 from hpo.reporting import EpochSink
 from hpo.trial import FAILED, FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
 
+log = logging.getLogger("hpo")
+MAX_UNANSWERED_EPOCHS = 8  # epoch reports a worker sends ahead of the sink's answers (no pruner)
+
 
 class TrialWorker:
     """The body of a Ray actor: the study's data on this worker's device, then trials on demand."""
 
     def __init__(self, arrays: dict[str, Any], folds: list[tuple[np.ndarray, np.ndarray]], device: str,
-                 sink: Any, threads: int = 1) -> None:
+                 sink: Any, threads: int = 1, prunes: bool = True) -> None:
         import torch
 
         torch.set_num_threads(threads)
@@ -39,6 +43,7 @@ class TrialWorker:
         self.fold_data = FoldData.build(np.array(arrays["x"]), np.array(arrays["y"]), arrays["n_classes"], folds,
                                         device)
         self.sink = sink
+        self.prunes = prunes  # without a pruner an epoch needs no answer before the next one starts
         self.where = self._describe()
 
     def _describe(self) -> str:
@@ -60,17 +65,35 @@ class TrialWorker:
         return run_refit(job, self.fold_data.data, x_test, y_test)
 
     def run(self, spec: TrialSpec) -> TrialResult:
-        """Run one trial, reporting every epoch to the sink."""
+        """Run one trial, reporting every epoch to the sink.
+
+        With a pruner each epoch waits for the sink's answer (prune or go on). Without one the
+        reports are sent ahead and their answers (stop: the study is stopping) are read as they
+        arrive; the sink runs one caller's calls in order, so its ``end`` follows every epoch."""
         import ray
 
-        attempt = ray.get(self.sink.begin.remote(spec.number))
+        attempt = ray.get(self.sink.begin.remote(spec.number, spec.run_id))
+        unanswered: list[Any] = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-            return ray.get(self.sink.epoch.remote(spec.number, spec.run_id, epoch, metrics))
+            ref = self.sink.epoch.remote(spec.number, spec.run_id, epoch, metrics)
+            if self.prunes:
+                return ray.get(ref)
+            unanswered.append(ref)
+            behind = len(unanswered) - MAX_UNANSWERED_EPOCHS
+            if behind > 0:  # the sink is falling behind: wait for the oldest answers
+                ready, unanswered[:] = ray.wait(unanswered, num_returns=behind)
+            else:
+                ready, unanswered[:] = ray.wait(unanswered, num_returns=len(unanswered), timeout=0)
+            return any(ray.get(ready))
 
         result = run_trial(spec, self.fold_data, on_epoch)
         result.worker = self.where
         result.attempts = attempt + 1
+        try:
+            ray.get(self.sink.end.remote(spec.number, spec.run_id))
+        except Exception as exc:  # the trial's result stands; only its last curve points are lost
+            log.warning("trial %d: its last epochs could not be logged to MLflow: %s", spec.number, exc)
         return result
 
 
@@ -101,7 +124,8 @@ class RayExecutor:
 
     def __init__(self, *, x: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]],
                  sink_args: dict[str, Any], device: str, max_concurrency: int, cpus_per_trial: float,
-                 gpus_per_trial: float, max_retries: int, threads_per_trial: int | None = None) -> None:
+                 gpus_per_trial: float, max_retries: int, threads_per_trial: int | None = None,
+                 prunes: bool = True) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -120,7 +144,8 @@ class RayExecutor:
             max_restarts=-1, max_task_retries=max_retries,
         )
         threads = threads_per_trial or max(1, int(cpus_per_trial))
-        self.workers = [worker_cls.remote(data_ref, folds, device, self.sink, threads) for _ in range(max_concurrency)]
+        self.workers = [worker_cls.remote(data_ref, folds, device, self.sink, threads, prunes)
+                        for _ in range(max_concurrency)]
         self._idle = list(self.workers)
         self._lock = threading.Lock()
         ray.get([w.pid.remote() for w in self.workers])  # fail here, not mid-study, if workers cannot start
@@ -180,13 +205,17 @@ class EpochSinkActor:
     def __init__(self, **kwargs: Any) -> None:
         self.sink = EpochSink.open(**kwargs)
 
-    def begin(self, number: int) -> int:
+    def begin(self, number: int, run_id: str | None = None) -> int:
         """See :meth:`EpochSink.begin`."""
-        return self.sink.begin(number)
+        return self.sink.begin(number, run_id)
 
     def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> bool:
         """See :meth:`EpochSink.epoch`."""
         return self.sink.epoch(number, run_id, epoch, metrics)
+
+    def end(self, number: int, run_id: str | None) -> None:
+        """See :meth:`EpochSink.end`."""
+        self.sink.end(number, run_id)
 
     def stop(self) -> None:
         """See :meth:`EpochSink.stop`."""
