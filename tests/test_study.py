@@ -125,3 +125,32 @@ def test_out_of_memory_is_recorded_with_the_batch_size_and_a_hint(write_spec, st
     run = MlflowClient(store).get_run(big.user_attrs["mlflow.run_id"])
     assert run.info.status == "FAILED" and "lower batch_size" in run.data.tags["hpo.reason"]
     assert result.counts["failed"] == 1 and result.counts["complete"] == 1
+
+
+def test_setup_objects_are_kept_out_of_gc_during_the_study_and_a_callers_freeze_is_kept(write_spec, store,
+                                                                                         monkeypatch):
+    import gc
+
+    import hpo.executors.local as local
+
+    seen = []
+    real = local.run_trial
+
+    def observed(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "run_trial", observed)
+    gc.unfreeze()
+    hpo.run(iris_spec(write_spec, name="gc", n_trials=2, params={"epochs": "1"}), tracking_uri=store)
+    assert len(seen) == 2 and min(seen) > 10_000  # the set-up's objects were frozen while trials trained
+    assert gc.get_freeze_count() == 0  # and given back to the collector afterwards
+
+    gc.freeze()  # a caller that froze its own objects (before a fork, say) keeps exactly those frozen
+    try:
+        mine = gc.get_freeze_count()
+        hpo.run(iris_spec(write_spec, name="gc2", n_trials=1, params={"epochs": "1"}), tracking_uri=store)
+        # not unfrozen (0) and nothing of hpo's added; frozen objects may still be freed by reference counting
+        assert 0.9 * mine < gc.get_freeze_count() <= mine
+    finally:
+        gc.unfreeze()

@@ -72,7 +72,7 @@ class TrialWorker:
         arrive; the sink runs one caller's calls in order, so its ``end`` follows every epoch."""
         import ray
 
-        attempt = ray.get(self.sink.begin.remote(spec.number, spec.run_id))
+        attempt_ref = self.sink.begin.remote(spec.number, spec.run_id)  # read at the end: the sink may still start
         unanswered: list[Any] = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
@@ -89,7 +89,7 @@ class TrialWorker:
 
         result = run_trial(spec, self.fold_data, on_epoch)
         result.worker = self.where
-        result.attempts = attempt + 1
+        result.attempts = ray.get(attempt_ref) + 1
         try:
             ray.get(self.sink.end.remote(spec.number, spec.run_id))
         except Exception as exc:  # the trial's result stands; only its last curve points are lost
