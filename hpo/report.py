@@ -117,6 +117,7 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
     with _plotting() as (plt, ovm):
         from optuna.trial import TrialState
 
+        html = _Html()
         study = _snapshot(study)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value)]
@@ -127,7 +128,7 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
             t0 = time.perf_counter()
             try:
                 fig_html, fig_png = make()
-                _save(out_dir, name, fig_html, fig_png, plt, report)
+                _save(out_dir, name, fig_html, fig_png, plt, html, report)
                 log.debug("report: %s in %.2fs", name, time.perf_counter() - t0)
             except _Skip as why:
                 report.skipped[name] = str(why)
@@ -268,31 +269,71 @@ def _plotting() -> Iterator[tuple[Any, Any]]:
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        with plt.rc_context(), warnings.catch_warnings():
+        # no automatic layout engine: _save lays each figure out once itself
+        with plt.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for its matplotlib plots
             yield plt, ovm
     finally:
         optuna.logging.set_verbosity(level)
 
 
-def _plotlyjs() -> str | bool:
-    mode = os.environ.get("HPO_REPORT_PLOTLYJS", "inline").strip().lower()
-    return "cdn" if mode == "cdn" else True
+_HTML_CONFIG = {"displaylogo": False}
+_JS_PLACEHOLDER = "hpo-report-plotlyjs.js"  # a script src no real file has; see _Html.write
 
 
-def _save(out_dir: Path, name: str, fig_html: Any, fig_png: Any, plt: Any, report: Report) -> None:
+class _Html:
+    """Writes plotly figures as HTML files, each embedding plotly.js unless ``HPO_REPORT_PLOTLYJS=cdn``.
+
+    ``write_html(include_plotlyjs=True)`` reads plotly.js (~5 MB) from the package, decodes
+    it, formats it into the page and encodes it again, for every file. Here the page comes
+    from ``to_html`` with a placeholder script src, and the inline ``<script>`` with the
+    bundle, read and encoded once per report, replaces it as bytes: the same file as
+    plotly's own (still self-contained, so it renders offline and in the MLflow artifact
+    viewer), at a fraction of the cost.
+    """
+
+    def __init__(self) -> None:
+        self.cdn = os.environ.get("HPO_REPORT_PLOTLYJS", "inline").strip().lower() == "cdn"
+        self._bundle: bytes | None = None
+
+    def write(self, fig: Any, path: Path) -> None:
+        """Write ``fig`` (a plotly figure) to ``path`` as a full HTML page."""
+        if self.cdn:
+            fig.write_html(path, include_plotlyjs="cdn", full_html=True, config=_HTML_CONFIG)
+            return
+        page = fig.to_html(include_plotlyjs=_JS_PLACEHOLDER, full_html=True, config=_HTML_CONFIG)
+        head, tag, tail = page.partition(f'<script charset="utf-8" src="{_JS_PLACEHOLDER}"></script>')
+        if not tag or _JS_PLACEHOLDER in tail:  # plotly's page template changed: let plotly embed it
+            fig.write_html(path, include_plotlyjs=True, full_html=True, config=_HTML_CONFIG)
+            return
+        if self._bundle is None:
+            from plotly.offline import get_plotlyjs
+
+            self._bundle = f"<script>{get_plotlyjs()}</script>".encode()
+        with open(path, "wb") as f:
+            f.write(head.encode())
+            f.write(self._bundle)
+            f.write(tail.encode())
+
+
+def _save(out_dir: Path, name: str, fig_html: Any, fig_png: Any, plt: Any, html: _Html, report: Report) -> None:
     """Write ``name.html`` (plotly) and ``name.png`` (matplotlib Axes/array of Axes/Figure); close the figure."""
     figure = _mpl_figure(fig_png)
     try:
-        fig_html.write_html(out_dir / f"{name}.html", include_plotlyjs=_plotlyjs(), full_html=True,
-                            config={"displaylogo": False})
+        html.write(fig_html, out_dir / f"{name}.html")
         report.files.append(f"{name}.html")
         figure.set_size_inches(*PNG_SIZE)
         try:
             figure.tight_layout()  # one layout pass; cheaper than savefig(bbox_inches="tight")
         except Exception:  # some layouts (colorbars) refuse it; the PNG is still fine
             pass
-        figure.savefig(out_dir / f"{name}.png", dpi=PNG_DPI)
+        # tight_layout leaves a placeholder layout engine behind (and optuna's history plot a
+        # tight one), and savefig runs a whole extra draw for any engine; the layout is done
+        figure.set_layout_engine(None)
+        # zlib level 1 instead of 6: the same pixels, encoded in about 70% of the time,
+        # in files ~30% larger (tens of kB, next to the MBs of each HTML file)
+        figure.savefig(out_dir / f"{name}.png", dpi=PNG_DPI, pil_kwargs={"compress_level": 1})
         report.files.append(f"{name}.png")
     finally:
         plt.close(figure)
