@@ -38,10 +38,10 @@ def compute_metric(name: str, y_true: np.ndarray, output: np.ndarray, n_classes:
     ``output`` holds class probabilities (N, n_classes) for classification and
     predictions (N,) in target units for regression.
     """
+    if name == "accuracy":  # the common case needs no scikit-learn (a second of import in a fresh Ray worker)
+        return float(np.mean(output.argmax(1) == y_true))
     from sklearn import metrics as skm
 
-    if name == "accuracy":
-        return float(np.mean(output.argmax(1) == y_true))
     if name == "balanced_accuracy":
         return float(skm.balanced_accuracy_score(y_true, output.argmax(1)))
     if name == "f1_macro":

@@ -57,13 +57,13 @@ class EpochSink:
         from mlflow import MlflowClient
 
         from hpo.outbox import Outbox, apply_http_defaults
+        from hpo.search import make_pruner, open_storage
         from hpo.sqlite_store import use_wal
-        from hpo.study import _pruner, _storage
 
         use_wal(tracking_uri)
         apply_http_defaults(tracking_uri)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=study_name, storage=_storage(storage_url), pruner=_pruner(spec))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url), pruner=make_pruner(spec))
         outbox = Outbox(MlflowClient(tracking_uri=tracking_uri), spool, grace_s=spec.tracking.outage_timeout, role="s")
         return cls(outbox, study, metric)
 

@@ -23,6 +23,7 @@ import numpy as np
 from hpo import space
 from hpo.errors import StudyExistsError
 from hpo.metrics import METRICS
+from hpo.search import make_pruner, make_sampler, open_storage
 from hpo.spec import Spec, load_spec
 from hpo.trial import COMPLETE, FAILED, PRUNED, TrialResult, TrialSpec
 
@@ -58,62 +59,6 @@ class StudyResult:
 
 class Interrupted(Exception):
     """The study was stopped by SIGINT/SIGTERM; finished trials are kept."""
-
-
-def _sampler(spec: Spec, concurrency: int):
-    import optuna
-
-    seed = spec.search.seed
-    if spec.search.sampler == "grid":
-        return _AskTellGridSampler(space.grid(spec), seed=seed)
-    if spec.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    startup = min(10, max(4, spec.n_trials // 3))  # short studies still get a model-guided phase
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=concurrency > 1)
-
-
-def _grid_sampler_class():
-    import optuna
-
-    class AskTellGridSampler(optuna.samplers.GridSampler):
-        """GridSampler for the ask/tell loop: the loop stops at the grid size itself.
-
-        Optuna's ``after_trial`` calls ``study.stop()``, which only works inside ``optimize``.
-        """
-
-        def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
-            return None
-
-    return AskTellGridSampler
-
-
-def _AskTellGridSampler(search_space, seed):  # noqa: N802 - reads like the class it builds
-    return _grid_sampler_class()(search_space, seed=seed)
-
-
-def _pruner(spec: Spec):
-    import optuna
-
-    name = spec.search.pruner
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
-    return optuna.pruners.NopPruner()
-
-
-def _storage(url: str):
-    import optuna
-
-    if url.startswith("sqlite:///"):
-        from hpo.sqlite_store import use_wal
-
-        use_wal(url)
-        # a second process on the same file waits for the lock instead of failing at once
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
 
 
 def _git_commit() -> str | None:
@@ -223,7 +168,7 @@ class StudyRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
         with store_lock(spec.tracking.uri):
-            storage = _storage(self.storage_url)
+            storage = open_storage(self.storage_url)
             existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
             summary = existing.get(spec.name)
             if summary is not None and not self.resume and (
@@ -235,7 +180,7 @@ class StudyRunner:
                 )
             conc = spec.execution.max_concurrent_trials
             self.study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                             sampler=_sampler(spec, conc), pruner=_pruner(spec), load_if_exists=True)
+                                             sampler=make_sampler(spec, conc), pruner=make_pruner(spec), load_if_exists=True)
             self.study.set_user_attr("hpo.spec_hash", spec.spec_hash)
             self.study.set_user_attr("hpo.metric", spec.metric)
 

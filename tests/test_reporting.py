@@ -6,14 +6,14 @@ import optuna
 import pytest
 
 from hpo.reporting import EpochSink
-from hpo.study import _storage
+from hpo.search import open_storage
 from hpo.tracking import Tracker
 
 
 @pytest.fixture
 def parts(store, tmp_path):
     tracker = Tracker(store, "exp", "s")
-    storage = _storage(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
 
     def make(pruner, flush_s):
         study = optuna.create_study(storage=storage, pruner=pruner, direction="maximize")

@@ -24,7 +24,8 @@ from hpo.reporting import EpochSink
 from hpo.trial import FAILED, FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
 
 log = logging.getLogger("hpo")
-MAX_UNANSWERED_EPOCHS = 8  # epoch reports a worker sends ahead of the sink's answers (no pruner)
+MAX_UNANSWERED_EPOCHS = 256  # epoch reports a worker sends ahead of the sink's answers (no pruner): a bound
+# for a sink that cannot keep up; while the sink actor starts (a second or two) workers train on
 
 
 class TrialWorker:
@@ -42,6 +43,7 @@ class TrialWorker:
         # object-store arrays are read-only; a private copy keeps torch from sharing them
         self.fold_data = FoldData.build(np.array(arrays["x"]), np.array(arrays["y"]), arrays["n_classes"], folds,
                                         device)
+        _warm_up_torch()
         self.sink = sink
         self.prunes = prunes  # without a pruner an epoch needs no answer before the next one starts
         self.where = self._describe()
@@ -95,6 +97,14 @@ class TrialWorker:
         except Exception as exc:  # the trial's result stands; only its last curve points are lost
             log.warning("trial %d: its last epochs could not be logged to MLflow: %s", spec.number, exc)
         return result
+
+
+def _warm_up_torch() -> None:
+    """Pay torch's one-off costs while the worker starts, not inside its first trial: the first
+    optimizer built imports ``torch._dynamo`` (about 1 s on one core)."""
+    import torch
+
+    torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
 
 
 def connect(address: str | None) -> bool:
