@@ -10,11 +10,12 @@
     budget below 144, Optuna's GridSampler visits grid points in a seeded random order.
     Output: best-so-far CV accuracy per trial (median and range over seeds) as
     ``benchmarks/results/search_efficiency.png`` and a table.
-(b) Pruning: the same study (TPE, seed 0) with ``pruner: none``, ``median`` and
+(b) Pruning: the same study (TPE) with ``pruner: none``, ``median`` and
     ``successive_halving`` and ``--prune-epochs`` epochs per trial (3 epochs leave pruners
-    nothing to cut): epochs trained (sum over trials of the child run's ``epochs_trained``, each
-    for every fold) until the best-so-far CV accuracy is within 0.5 percentage points of the
-    no-pruning study's best, total epochs, wall time and the refit's test accuracy.
+    nothing to cut), for each of ``--prune-seeds`` seeds: epochs trained (sum over trials of the
+    child run's ``epochs_trained``, each for every fold) until the best-so-far CV accuracy is
+    within 0.5 percentage points of that seed's no-pruning best, total epochs, wall time and the
+    refit's test accuracy; medians over seeds and each seed's ratio to no pruning.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--prune-epochs", type=int, default=6)
     ap.add_argument("--prune-budget", type=int, default=12)
+    ap.add_argument("--prune-seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=None, help="alias of --seeds")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     args = ap.parse_args(argv)
@@ -98,9 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _main(args) -> dict[str, Any]:
     seeds = args.repeats or args.seeds
-    budget, epochs, pe, pb = args.budget, args.epochs, args.prune_epochs, args.prune_budget
+    budget, epochs, pe, pb, ps = args.budget, args.epochs, args.prune_epochs, args.prune_budget, args.prune_seeds
     if args.quick:
-        seeds, budget, epochs, pe, pb = 1, 2, 1, 2, 2
+        seeds, budget, epochs, pe, pb, ps = 1, 2, 1, 2, 2, 1
     mach, vers = C.machine(), C.versions()
     samplers = ("tpe", "random", "grid")
     studies: dict[str, list[dict[str, Any]]] = {s: [] for s in samplers}
@@ -122,17 +124,39 @@ def _main(args) -> dict[str, Any]:
                      "test": C.summarize([r["test"] for r in rs], 4),
                      "wall_s": C.summarize([r["wall_s"] for r in rs], 1)}
 
-    pruning = {p: run_study("tpe", 0, pb, pe, p) for p in ("none", "median", "successive_halving")}
-    ref = pruning["none"]["best_cv"]
-    for r in pruning.values():
-        reach = next((i for i, b in enumerate(r["curve"]) if b is not None and b >= ref - 0.005), None)
-        r["trial_reaching_ref"] = None if reach is None else reach + 1
-        r["epochs_to_ref"] = None if reach is None else r["epochs_cum"][reach]
-        r["total_epochs"] = r["epochs_cum"][-1]
+    pruners = ("none", "median", "successive_halving")
+    runs = {p: [] for p in pruners}
+    for seed in range(ps):  # interleaved: none, median, successive_halving for each seed
+        for p in pruners:
+            runs[p].append(run_study("tpe", seed, pb, pe, p))
+    for k in range(ps):
+        ref = runs["none"][k]["best_cv"]
+        for p in pruners:
+            r = runs[p][k]
+            reach = next((i for i, b in enumerate(r["curve"]) if b is not None and b >= ref - 0.005), None)
+            r["reference_best_cv"] = ref
+            r["trial_reaching_ref"] = None if reach is None else reach + 1
+            r["epochs_to_ref"] = None if reach is None else r["epochs_cum"][reach]
+            r["total_epochs"] = r["epochs_cum"][-1]
+            none_e = runs["none"][k]["epochs_to_ref"]
+            r["ratio_epochs_to_ref"] = None if r["epochs_to_ref"] is None else round(r["epochs_to_ref"] / none_e, 3)
+            r["ratio_total_epochs"] = round(r["total_epochs"] / runs["none"][k]["total_epochs"], 3)
+    pruning = {}
+    for p, rs in runs.items():
+        reached = [r["ratio_epochs_to_ref"] for r in rs if r["ratio_epochs_to_ref"] is not None]
+        pruning[p] = {"runs": rs, "n_pruned": C.summarize([r["n_pruned"] for r in rs], 1),
+                      "reached": f"{len(reached)}/{len(rs)}",
+                      "epochs_to_ref": C.summarize([r["epochs_to_ref"] for r in rs if r["epochs_to_ref"] is not None], 1)
+                      if reached else None,
+                      "ratio_epochs_to_ref": C.summarize(reached, 3) if reached else None,
+                      "ratio_total_epochs": C.summarize([r["ratio_total_epochs"] for r in rs], 3),
+                      "best_cv": C.summarize([r["best_cv"] for r in rs], 4),
+                      "test": C.summarize([r["test"] for r in rs], 4),
+                      "wall_s": C.summarize([r["wall_s"] for r in rs], 1)}
     result = {"benchmark": "search_efficiency", "quick": args.quick, "machine": mach, "versions": vers,
               "seeds": seeds, "budget": budget, "epochs": epochs, "prune_epochs": pe, "prune_budget": pb,
-              "part_a_wall_s": round(a_wall, 1), "curves": curves, "studies": studies,
-              "pruning": pruning, "pruning_reference_best_cv": ref}
+              "prune_seeds": ps, "part_a_wall_s": round(a_wall, 1), "curves": curves, "studies": studies,
+              "pruning": pruning}
     if not args.quick:
         C.RESULTS.mkdir(parents=True, exist_ok=True)
         plot(result, C.RESULTS / "search_efficiency.png")
@@ -157,11 +181,13 @@ def plot(r: dict[str, Any], path: Path) -> None:
            title=f"mnist_5k CNN, {r['seeds']} seeds (band = min–max)")
     ax.legend()
     ax = axes[1]
-    for p, s in r["pruning"].items():
-        ax.plot(s["epochs_cum"], s["curve"], marker="o", ms=3, label=f"{p} ({s['n_pruned']} pruned)")
-    ax.axhline(r["pruning_reference_best_cv"] - 0.005, ls="--", c="gray", lw=0.8, label="no-pruning best − 0.5 pp")
+    for p, agg in r["pruning"].items():
+        first = agg["runs"][0]
+        ax.plot(first["epochs_cum"], first["curve"], marker="o", ms=3, label=f"{p} ({first['n_pruned']} pruned)")
+    ax.axhline(r["pruning"]["none"]["runs"][0]["best_cv"] - 0.005, ls="--", c="gray", lw=0.8,
+               label="no-pruning best − 0.5 pp")
     ax.set(xlabel="fold-epochs trained (cumulative)", ylabel="best-so-far CV accuracy",
-           title=f"pruning (TPE, seed 0, {r['prune_epochs']} epochs)")
+           title=f"pruning (TPE, seed 0 of {r['prune_seeds']}, {r['prune_epochs']} epochs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -176,37 +202,36 @@ def render(r: dict[str, Any]) -> str:
                                  if c["median"][m - 1] is not None else "—" for m in marks],
                      C.med_range(c["test"], 4), C.med_range(c["wall_s"], 0)])
     prow = []
-    for p, s in r["pruning"].items():
-        prow.append([f"`{p}`", str(s["n_pruned"]), C.fmt(s["trial_reaching_ref"]),
-                     C.fmt(s["epochs_to_ref"]) if s["epochs_to_ref"] is not None else "not reached",
-                     str(s["total_epochs"]), f"{s['best_cv']:.4f}", f"{s['test']:.4f}", f"{s['wall_s']:.0f}"])
-    none_e = r["pruning"]["none"]["epochs_to_ref"]
+    for p, agg in r["pruning"].items():
+        prow.append([f"`{p}`", C.med_range(agg["n_pruned"], 0), agg["reached"],
+                     C.med_range(agg["epochs_to_ref"], 0) if agg["epochs_to_ref"] else "not reached",
+                     C.med_range(agg["ratio_epochs_to_ref"], 2) if agg["ratio_epochs_to_ref"] else "—",
+                     C.med_range(agg["ratio_total_epochs"], 2), C.med_range(agg["best_cv"], 4),
+                     C.med_range(agg["test"], 4), C.med_range(agg["wall_s"], 0)])
     lines = ["## 4. Search efficiency: TPE vs random vs grid, and pruning", "",
              C.env_block(r["machine"], r["versions"],
                          f"python -m benchmarks.search_efficiency --seeds {r['seeds']} --budget {r['budget']} "
-                         f"--prune-epochs {r['prune_epochs']}"),
+                         f"--prune-epochs {r['prune_epochs']} --prune-budget {r['prune_budget']} "
+                         f"--prune-seeds {r['prune_seeds']}"),
              f"(a) mnist_5k (4,000 train / 1,000 test), CNN width 8, depth 2–3, 2-fold CV, {r['epochs']} epochs, "
-             f"budget {r['budget']} trials per study, one trial at a time, seeds 0–{r['seeds'] - 1} "
-             f"({r['seeds']} seeds instead of 5 and budget {r['budget']}, so that the whole benchmark stays "
-             "near 20 minutes on 2 cores). Space (identical for all samplers, 144 grid points): lr "
+             f"budget {r['budget']} trials per study, one trial at a time, seeds 0–{r['seeds'] - 1}. Space (identical for all samplers, 144 grid points): lr "
              "[3e-4, 1e-3, 3e-3, 1e-2] × depth {2, 3} × batch_size [32, 64, 128] × dropout {0, 0.2, 0.4} × "
              "optimizer [adam, sgd]. Best-so-far CV accuracy after trial N: median (min–max) over seeds; "
              f"part (a) took {r['part_a_wall_s']:.0f} s. Plot: `benchmarks/results/search_efficiency.png`.", "",
              C.table(["sampler", *[f"after {m}" for m in marks], "refit test acc", "study wall s"], rows), "",
-             f"(b) Pruning, the same space and study (TPE, seed 0), {r['prune_budget']} trials × {r['prune_epochs']} "
-             f"epochs. Reference: the no-pruning best CV {r['pruning_reference_best_cv']:.4f}; 'epochs' are "
-             "fold-epochs (`epochs_trained` × 2 folds) summed over trials, up to the first trial whose best-so-far "
-             "is within 0.5 pp of the reference.", "",
-             C.table(["pruner", "pruned trials", "trial reaching ref", "epochs to ref", "total epochs",
-                      "best CV", "test acc", "wall s"], prow)]
-    saves = []
+             f"(b) Pruning, the same space and study (TPE), {r['prune_budget']} trials × {r['prune_epochs']} "
+             f"epochs, seeds 0–{r['prune_seeds'] - 1}. For each seed the reference is that seed's no-pruning best "
+             "CV; 'epochs' are fold-epochs (`epochs_trained` × 2 folds) summed over trials, up to the first trial "
+             "whose best-so-far is within 0.5 pp of the reference. Median (min–max) over seeds; ratios are per "
+             "seed against no pruning.", "",
+             C.table(["pruner", "pruned trials", "seeds reaching ref", "epochs to ref", "× none (to ref)",
+                      "× none (total epochs)", "best CV", "test acc", "wall s"], prow)]
+    per_seed = []
     for p in ("median", "successive_halving"):
-        e = r["pruning"][p]["epochs_to_ref"]
-        if e is not None and none_e:
-            saves.append(f"`{p}` reached it with {e / none_e:.2f}× the epochs of no pruning")
-        else:
-            saves.append(f"`{p}` did not reach it within the budget")
-    lines += ["", "; ".join(saves) + "."]
+        ratios = [C.fmt(x["ratio_epochs_to_ref"]) if x["ratio_epochs_to_ref"] is not None else "not reached"
+                  for x in r["pruning"][p]["runs"]]
+        per_seed.append(f"`{p}` epochs to the reference per seed: {', '.join(ratios)} × no pruning")
+    lines += ["", "; ".join(per_seed) + "."]
     return "\n".join(lines)
 
 
