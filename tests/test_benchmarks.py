@@ -86,8 +86,11 @@ def test_search_efficiency_benchmark_runs(monkeypatch):
         done = [v for v in curve if v is not None]
         assert done and all(0 <= v <= 1 for v in done) and done == sorted(done)  # best-so-far never drops
     for p in ("none", "median", "successive_halving"):
-        assert r["pruning"][p]["total_epochs"] > 0
-        assert _ok(r["pruning"][p]["test"], 0.0, 1)
+        runs = r["pruning"][p]["runs"]
+        assert len(runs) == r["prune_seeds"] and all(x["total_epochs"] > 0 for x in runs)
+        assert all(_ok(x["test"], 0.0, 1) for x in runs)
+        assert r["pruning"][p]["ratio_total_epochs"]["median"] <= 1.0 or p == "none"
+    assert r["pruning"]["none"]["ratio_total_epochs"]["median"] == 1.0
 
 
 @pytest.mark.slow

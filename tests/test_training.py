@@ -129,3 +129,32 @@ def test_local_executor_gives_each_concurrent_trial_its_share_of_threads(digits_
     assert torch.get_num_threads() == 3
     inline.close()
     assert torch.get_num_threads() == before
+
+
+def test_small_inputs_are_standardised_once_with_the_same_results(digits, monkeypatch):
+    import hpo.training as training
+
+    data = Data.from_arrays(digits.x_train, digits.y_train, digits.n_classes, "cpu")
+    p = params(lr=1e-2, epochs=2, batch_size=100)  # 1,437 rows: the last batch is short
+
+    def train(prescale: bool):
+        monkeypatch.setattr(training, "PRESCALE_MAX_VALUES", 2**24 if prescale else 0)
+        learner = Learner(data, torch.arange(len(data.x)), "mlp", p, seed=0, direction="maximize", epochs=2)
+        assert (learner.x_scaled is not None) == prescale
+        losses = [learner.train_epoch() for _ in range(2)]
+        out, val_loss = learner.predict(data, torch.arange(200))
+        with torch.no_grad():  # the saved model still standardises raw inputs itself
+            raw = torch.softmax(learner.model(data.x[:200]), dim=1).numpy()
+        return losses, out, val_loss, raw
+
+    once, per_batch = train(True), train(False)
+    assert once[0] == per_batch[0]  # same weights, same batch losses, same size-weighted mean
+    np.testing.assert_array_equal(once[1], per_batch[1])
+    assert once[2] == per_batch[2]
+    np.testing.assert_allclose(once[3], once[1], rtol=1e-5, atol=1e-6)
+
+    images = Data.from_arrays(np.zeros((8, 1, 8, 8), np.uint8), np.arange(8) % 2, 2, "cpu")
+    monkeypatch.setattr(training, "PRESCALE_MAX_VALUES", 2**24)
+    augmented = Learner(images, torch.arange(8), "cnn", params("cnn", augment=True), seed=0, direction="maximize",
+                        epochs=1)
+    assert augmented.x_scaled is None  # a random crop pads raw (uint8) pixels: scaled per batch after it
