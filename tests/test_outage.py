@@ -278,3 +278,45 @@ def test_outage_detection_on_a_real_refused_connection(tmp_path):
     assert Path(lines[2]["local"]).read_bytes() == b"weights"
     time.sleep(0.6)
     assert not box.flush(force=True) and box.gave_up and box.pending == 3
+
+
+def test_background_writes_arrive_in_order_and_wait_on_disk_when_the_server_goes(store, tmp_path):
+    """A study's outbox sends run writes from its writer thread; an outage mid-queue moves them to the spool."""
+    from mlflow import MlflowClient
+
+    from hpo.outbox import HTTP_ENV, Outbox
+    from hpo.tracking import Tracker
+
+    tracker = Tracker(store, "bg", "bg")  # creates the store and experiment
+    up = MlflowClient(tracking_uri=store)
+    box = Outbox(up, tmp_path / "spool", grace_s=60, retry_s=0.1, background=True)
+    run_id = box.create_run(tracker.experiment_id, "trial-000", {"hpo.trial": "0"})  # at once: a real id
+    assert not run_id.startswith("pending-")
+    for step in range(1, 31):
+        box.log_batch(run_id, metrics=[("val_accuracy", step / 100, 1, step)])
+    box.set_terminated(run_id, "FINISHED")
+    assert box.drain(0) and box.pending == 0
+    assert [m.step for m in up.get_metric_history(run_id, "val_accuracy")] == list(range(1, 31))
+    assert up.get_run(run_id).info.status == "FINISHED"
+    assert not list((tmp_path / "spool").glob("ops-*.jsonl"))  # nothing touched the disk while it answered
+
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    box.client = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")  # the server is gone
+    box.update_run(run_id, "RUNNING")
+    box.set_tag(run_id, "hpo.state", "late")
+    deadline = time.monotonic() + 30
+    while box.down_since is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert box.down_since is not None and box.pending == 2
+    lines = [json.loads(x) for x in next((tmp_path / "spool").glob("ops-d-*.jsonl")).read_text().splitlines()]
+    assert [op["op"] for op in lines] == ["update_run", "set_tag"]  # held in memory, now on disk too
+
+    box.client = up  # back: the writer's retry sends them, in order, and the spool empties
+    deadline = time.monotonic() + 30
+    while box.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    box.close()
+    assert box.pending == 0 and box.down_since is None
+    assert up.get_run(run_id).data.tags["hpo.state"] == "late"
+    assert not list((tmp_path / "spool").glob("ops-*.jsonl"))
