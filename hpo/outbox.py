@@ -13,14 +13,6 @@ does) sends them once the server answers again.
 
 The spool is plain JSON lines (one write each) plus copies of files waiting to be uploaded;
 nothing in it is executable. Each process writes its own ``ops-<role>-<pid>.jsonl``.
-
-With ``background=True`` (a study's driver) the writes that only add to an existing run
-(metrics, params, tags, status: :data:`BACKGROUND_OPS`) are sent in order by a writer
-thread, so a trial's bookkeeping overlaps the next trial's training instead of preceding it;
-run creation and artifacts still go out at once. Until they are sent, those writes are held
-in memory only (a few milliseconds' worth while the server answers; a ``kill -9`` of the
-driver loses them, and ``--resume`` closes the runs they belonged to). When the server stops
-answering they are written to the spool like every other waiting write.
 """
 
 from __future__ import annotations
@@ -49,9 +41,6 @@ DEFAULT_RETRY_S = 5.0
 # the outbox does its own retrying, so a single request should fail fast.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-# writes the background thread may send later: they add to a run that exists, and each run's
-# writes keep their order (one queue, one sender)
-BACKGROUND_OPS = frozenset({"log_batch", "set_terminated", "update_run", "set_tag", "delete_tag"})
 
 
 def spool_dir(tracking_uri: str, study: str) -> Path:
@@ -87,20 +76,16 @@ class Outbox:
     """Sends MLflow writes in order, holding them on disk while the server is unreachable.
 
     ``client``: an :class:`mlflow.MlflowClient`; ``spool``: the folder for waiting writes
-    (``None``: kept in memory only); ``role``: names this process's spool file;
-    ``background``: send :data:`BACKGROUND_OPS` from a writer thread (see the module
-    docstring; :meth:`close` stops it).
+    (``None``: kept in memory only); ``role``: names this process's spool file.
     """
 
     def __init__(self, client: Any, spool: Path | None, *, grace_s: float = DEFAULT_GRACE_S,
-                 retry_s: float = DEFAULT_RETRY_S, role: str = "d", file: Path | None = None,
-                 background: bool = False) -> None:
+                 retry_s: float = DEFAULT_RETRY_S, role: str = "d", file: Path | None = None) -> None:
         self.client = client
         self.spool = Path(spool) if spool is not None else None
         self.grace_s, self.retry_s = grace_s, retry_s
         self._ops: list[dict[str, Any]] = []
-        self._lock = threading.RLock()  # guards the queue; held only briefly
-        self._sending = threading.Lock()  # one sender at a time keeps the queue's order
+        self._lock = threading.RLock()
         self._last_try = 0.0
         self.down_since: float | None = None
         self.last_error = ""
@@ -111,12 +96,6 @@ class Outbox:
             self._file = Path(file)
             self._ops = [json.loads(line) for line in self._file.read_text(encoding="utf-8").splitlines()
                          if line.strip()]
-        self._wake = threading.Event()
-        self._closing = False
-        self._writer: threading.Thread | None = None
-        if background:
-            self._writer = threading.Thread(target=self._write_loop, name="hpo-tracking", daemon=True)
-            self._writer.start()
 
     # ------------------------------------------------------------------ state
 
@@ -194,16 +173,7 @@ class Outbox:
     def _submit(self, op: dict[str, Any]) -> Any:
         op = self._resolve(op)
         with self._lock:
-            if self._writer is not None:
-                waiting = self.down_since is not None or self._blocked(op)
-                if not waiting and op["op"] in BACKGROUND_OPS:
-                    self._ops.append(op)  # the writer thread sends it, after the writes before it
-                    self._wake.set()
-                    return None
-                # other writes go out at once: run creation, artifacts, texts need no earlier write of theirs
-                queue = waiting
-            else:
-                queue = bool(self._ops) or self._blocked(op)
+            queue = bool(self._ops) or self._blocked(op)
         if not queue:
             try:
                 return self._execute(op, fresh=True)
@@ -224,8 +194,6 @@ class Outbox:
                 log.warning("the tracking server does not answer (%s); writes wait in %s and are retried every "
                             "%.0fs (the study stops after %.0fs without it)", _short(exc), self.spool or "memory",
                             self.retry_s, self.grace_s)
-                if self._ops:  # writes the writer thread held in memory now wait on disk too
-                    self._rewrite()
             self.last_error = _short(exc)
 
     def _enqueue(self, op: dict[str, Any]) -> None:
@@ -285,15 +253,11 @@ class Outbox:
             return True
         if not force and time.monotonic() - self._last_try < self.retry_s:
             return False
-        with self._sending:
+        with self._lock:
             self._last_try = time.monotonic()
-            late = self.down_since is not None or self._writer is None  # these writes waited for the server
             sent = 0
-            while True:
-                with self._lock:
-                    if not self._ops:
-                        break
-                    op = self._resolve(self._ops[0])
+            while self._ops:
+                op = self._resolve(self._ops[0])
                 if self._blocked(op):
                     if not final:  # its run is created by a write still waiting elsewhere (another process)
                         break
@@ -303,47 +267,22 @@ class Outbox:
                         self._execute(op)
                     except Exception as exc:
                         if is_outage(exc):
-                            self.went_down(exc)
+                            self.last_error = _short(exc)
                             break
                         log.warning("a waiting tracking write failed and is dropped (%s: %s): %s",
                                     type(exc).__name__, _short(exc), op["op"])
-                with self._lock:
-                    self._ops.pop(0)
+                self._ops.pop(0)
                 sent += 1
                 if op["op"] == "log_artifact" and self.spool is not None and self.spool in Path(op["local"]).parents:
                     shutil.rmtree(Path(op["local"]).parent, ignore_errors=True)
-            with self._lock:
-                if late:
-                    self.sent_late += sent
-                if self.down_since is not None or (self._file is not None and self._file.exists()):
-                    self._rewrite()
-                if not self._ops:
-                    if self.down_since is not None:
-                        log.warning("the tracking server is back: %d waiting writes sent", self.sent_late)
-                    self.down_since = None
-                    return True
-                return False
-
-    def _write_loop(self) -> None:
-        """The writer thread: send queued writes as they come; while the server is away, retry every ``retry_s``."""
-        while True:
-            self._wake.wait(timeout=self.retry_s if self.down_since is not None else None)
-            self._wake.clear()
-            closing = self._closing  # read first: the last flush sends everything queued before close()
-            try:
-                self.flush(force=closing or self.down_since is None)
-            except Exception as exc:  # never let the thread die: the writes stay queued for drain/sync
-                log.warning("the tracking writer could not send (%s: %s)", type(exc).__name__, _short(exc))
-            if closing:
-                return
-
-    def close(self) -> None:
-        """Stop the writer thread (after one last try to send what waits; :meth:`drain` waits longer)."""
-        if self._writer is not None:
-            self._closing = True
-            self._wake.set()
-            self._writer.join(timeout=60)
-            self._writer = None
+            self.sent_late += sent
+            self._rewrite()
+            if not self._ops:
+                if self.down_since is not None:
+                    log.warning("the tracking server is back: %d waiting writes sent", self.sent_late)
+                self.down_since = None
+                return True
+            return False
 
     def drain(self, timeout: float) -> bool:
         """Retry until nothing waits or ``timeout`` seconds pass; True when nothing waits."""
@@ -361,7 +300,6 @@ class Outbox:
             self._file.unlink(missing_ok=True)
             return
         tmp = self._file.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text("".join(json.dumps(op) + "\n" for op in self._ops), encoding="utf-8")
         os.replace(tmp, self._file)
 

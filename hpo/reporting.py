@@ -102,7 +102,7 @@ class EpochSink:
                 due = now - self._sent_at.setdefault(run_id, now) >= self.flush_s
             if due:
                 self._send(run_id)
-            if self.outbox.down_since is not None:  # writes wait for the server: retry, stop when it is gone
+            if self.outbox.pending:
                 self.outbox.flush()
                 if self.outbox.gave_up:
                     self._stop = True

@@ -185,7 +185,7 @@ class StudyRunner:
             self.study.set_user_attr("hpo.metric", spec.metric)
 
             self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name,
-                                   outage_timeout=spec.tracking.outage_timeout, background=True)
+                                   outage_timeout=spec.tracking.outage_timeout)
             self._sync_spool()
             self.parent_id = self.tracker.start_study(
                 spec, _settings(spec), _lineage(spec), reuse=self.resume,
@@ -386,8 +386,6 @@ class StudyRunner:
                 gc.unfreeze()
             if getattr(self, "executor", None) is not None:
                 self.executor.close()
-            if getattr(self, "tracker", None) is not None:
-                self.tracker.out.close()
             if self._started_ray:
                 import ray
 

@@ -50,8 +50,7 @@ def _flat(params: dict[str, Any]) -> dict[str, str]:
 class Tracker:
     """Records one study in MLflow: tracking URI, experiment name, study name."""
 
-    def __init__(self, uri: str, experiment: str, study: str, *, outage_timeout: float | None = None,
-                 background: bool = False) -> None:
+    def __init__(self, uri: str, experiment: str, study: str, *, outage_timeout: float | None = None) -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -81,8 +80,7 @@ class Tracker:
         self.parent_id: str | None = None
         self.spool = spool_dir(uri, study)
         kw = {} if outage_timeout is None else {"grace_s": outage_timeout}
-        # every write goes through it; ``background``: run writes are sent by its writer thread (close() stops it)
-        self.out = Outbox(self.client, self.spool, background=background, **kw)
+        self.out = Outbox(self.client, self.spool, **kw)  # every write goes through it
 
     # ------------------------------------------------------------------ study (parent run)
 
@@ -175,7 +173,6 @@ class Tracker:
     def log_summary(self, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str]) -> None:
         """Study-level results on the parent run."""
         ts = int(time.time() * 1000)
-        self.out.flush(force=True)  # the parent's params may still wait in the writer's queue
         existing = self.client.get_run(self.out.real_id(self.parent_id)).data.params
         new_params = {k: v for k, v in _flat(params).items() if k not in existing}
         self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()],
