@@ -96,7 +96,8 @@ def _trial_workers() -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_worker_killed_mid_trial_is_retried(local_ray, write_spec, store):
-    spec = write_spec(SPEC.format(name="ray-kill", n_trials=3, pruner="none", epochs=12))
+    # long enough trials for the killer's polling to catch one mid-way (warm workers train 12 epochs in < 1 s)
+    spec = write_spec(SPEC.format(name="ray-kill", n_trials=3, pruner="none", epochs=40))
     killed: list[int] = []
 
     def killer() -> None:
@@ -126,7 +127,7 @@ def test_worker_killed_mid_trial_is_retried(local_ray, write_spec, store):
     retried = [c for c in children if c.data.tags["hpo.attempts"] == "2"]
     assert len(retried) == 1
     assert retried[0].data.tags["hpo.state"] == "complete"
-    assert retried[0].data.metrics["epochs_trained"] == 12
+    assert retried[0].data.metrics["epochs_trained"] == 40
 
 
 @pytest.mark.slow
