@@ -40,7 +40,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything in test_benchmarks.py is a ``benchmark`` test (run them with ``-m benchmark``)."""
+    """Everything in test_benchmarks.py is a ``benchmark`` test (in the default run; ``-m "not benchmark"`` skips them)."""
     for item in items:
         if item.path.name == "test_benchmarks.py":
             item.add_marker(pytest.mark.benchmark)
