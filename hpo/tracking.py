@@ -1,8 +1,8 @@
 """MLflow adapter: one experiment per study, a parent run per study, a nested child run per trial.
 
 All calls go through :class:`mlflow.MlflowClient` with explicit run ids (no global active
-run), so trials on threads or other processes log into the right run. Per-epoch curves
-go out as one ``log_batch`` per epoch per trial.
+run), so trials on threads or other processes log into the right run. A running trial's
+curves go out in batches through the epoch sink (:mod:`hpo.reporting`).
 """
 
 from __future__ import annotations
@@ -126,11 +126,6 @@ class Tracker:
         )
         self.out.log_batch(run_id, params=_flat(params))
         return run_id
-
-    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
-        """All of one epoch's numbers in one call (step = epoch)."""
-        ts = int(time.time() * 1000)
-        self.out.log_batch(run_id, metrics=[(k, float(v), ts, epoch) for k, v in metrics.items()])
 
     def end_trial(self, run_id: str, result: Any, metric: str) -> None:
         """Final CV metrics, state and duration of a trial; closes its run."""
