@@ -573,14 +573,17 @@ class StudyRunner:
         with torch.no_grad():
             out = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, out)
+        from mlflow.tracking import fluent
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
         # mlflow.pytorch.log_model works through the fluent API's globals: set them for this call only,
-        # then put back exactly what was there (including "not set")
-        previous = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        # then put back exactly what was there (including "not set"). The caller's active experiment
+        # (mlflow.set_experiment in a notebook, say) would make start_run refuse the study's parent run
+        previous = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
         mlflow.set_tracking_uri(self.spec.tracking.uri)
         mlflow.set_registry_uri(self.spec.tracking.uri)
+        fluent._active_experiment_id = None
         try:
             with mlflow.start_run(run_id=self.parent_id):
                 info = mlflow.pytorch.log_model(
@@ -589,7 +592,7 @@ class StudyRunner:
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
                 )
         finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri = previous
+            tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
         return info.model_uri
 
     def _log_study_tables(self) -> None:

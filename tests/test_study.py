@@ -154,3 +154,22 @@ def test_setup_objects_are_kept_out_of_gc_during_the_study_and_a_callers_freeze_
         assert 0.9 * mine < gc.get_freeze_count() <= mine
     finally:
         gc.unfreeze()
+
+
+def test_a_callers_active_mlflow_experiment_neither_breaks_the_study_nor_is_changed(write_spec, store, tmp_path):
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = (tracking_utils._tracking_uri, fluent._active_experiment_id)
+    try:  # a notebook that works with its own MLflow store and experiment, then runs a study
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mine' / 'mlflow.db'}")
+        mlflow.create_experiment("first")
+        mine = mlflow.set_experiment("second").experiment_id  # an id the study's store does not give its experiment
+        result = hpo.run(iris_spec(write_spec, name="notebook", n_trials=1, params={"epochs": "1"}),
+                         tracking_uri=store)
+        assert result.model_uri and result.experiment_id != mine
+        assert fluent._active_experiment_id == mine  # the caller's experiment is still the active one
+        assert tracking_utils._tracking_uri == f"sqlite:///{tmp_path / 'mine' / 'mlflow.db'}"
+    finally:
+        tracking_utils._tracking_uri, fluent._active_experiment_id = previous
