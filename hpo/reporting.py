@@ -15,10 +15,13 @@ largest bookkeeping item of a study (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
+
+log = logging.getLogger("hpo")
 
 CURVE_FLUSH_S = 5.0  # seconds between MLflow curve batches of a running trial
 MAX_BATCH_METRICS = 1000  # MLflow's limit on metrics per log_batch call
@@ -112,9 +115,14 @@ class EpochSink:
         return self._stop or (self.prunes and trial.should_prune())
 
     def end(self, number: int, run_id: str | None) -> None:
-        """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet."""
+        """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet.
+
+        Never raises: the trial's result stands when only its last curve points cannot be logged."""
         if run_id:
-            self._send(run_id)
+            try:
+                self._send(run_id)
+            except Exception as exc:
+                log.warning("trial %d: its last epochs could not be logged to MLflow: %s", number, exc)
             with self._lock:
                 self._sent_at.pop(run_id, None)
 

@@ -5,14 +5,11 @@ The training data is moved to the device once and shared by every trial.
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from hpo.reporting import EpochSink
 from hpo.trial import FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
-
-log = logging.getLogger("hpo")
 
 
 def cpu_count() -> int:
@@ -64,10 +61,7 @@ class LocalExecutor:
         self.sink.begin(spec.number, spec.run_id)
         result = run_trial(spec, self.fold_data, lambda e, m: self.sink.epoch(spec.number, spec.run_id, e, m))
         result.worker = self.where
-        try:
-            self.sink.end(spec.number, spec.run_id)
-        except Exception as exc:  # the trial's result stands; only its last curve points are lost
-            log.warning("trial %d: its last epochs could not be logged to MLflow: %s", spec.number, exc)
+        self.sink.end(spec.number, spec.run_id)
         return result
 
     def submit(self, spec: TrialSpec) -> Future[TrialResult]:

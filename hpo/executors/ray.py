@@ -11,7 +11,6 @@ to ``max_retries`` times; then it is recorded as failed with the reason.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from concurrent.futures import Future
@@ -23,7 +22,6 @@ from hpo.errors import HpoError
 from hpo.reporting import EpochSink
 from hpo.trial import FAILED, FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
 
-log = logging.getLogger("hpo")
 MAX_UNANSWERED_EPOCHS = 256  # epoch reports a worker sends ahead of the sink's answers (no pruner): a bound
 # for a sink that cannot keep up; while the sink actor starts (a second or two) workers train on
 
@@ -92,10 +90,7 @@ class TrialWorker:
         result = run_trial(spec, self.fold_data, on_epoch)
         result.worker = self.where
         result.attempts = ray.get(attempt_ref) + 1
-        try:
-            ray.get(self.sink.end.remote(spec.number, spec.run_id))
-        except Exception as exc:  # the trial's result stands; only its last curve points are lost
-            log.warning("trial %d: its last epochs could not be logged to MLflow: %s", spec.number, exc)
+        ray.get(self.sink.end.remote(spec.number, spec.run_id))  # after every epoch: one caller, in order
         return result
 
 
