@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from urllib.parse import urlparse
 
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
+from hpo.redact import redact
 from hpo.sqlite_store import seed_mlflow_db, sqlite_path, store_lock, use_wal  # noqa: F401 (re-exported)
 
 STUDY_TAG = "hpo.study"
@@ -33,14 +33,6 @@ def optuna_storage_for(tracking_uri: str) -> str:
     db = sqlite_path(tracking_uri)
     folder = db.parent if db is not None else Path("mlruns")
     return f"sqlite:///{folder / 'optuna.db'}"
-
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@", re.I)
-
-
-def redact(text: str) -> str:
-    """Replace passwords in URLs (``scheme://user:password@host``) with ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def _flat(params: dict[str, Any]) -> dict[str, str]:
