@@ -10,7 +10,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import os
 import re
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hpo.errors import SpecError
 from hpo.metrics import DEFAULT_METRIC, METRICS
 from hpo.params import MODEL_DEFAULTS, PARAMS, check_value, default_value
+from hpo.store_uris import store_uri_problem
 
 MAX_SPEC_BYTES = 1 << 20  # a study spec is a few hundred bytes; refuse anything absurd
+MAX_GRID_POINTS = 100_000  # a grid search tries every point: above this it would not finish, and Optuna's grid sampler holds them all
+MAX_SEED = 2**32 - 1  # numpy's and the fold splitter's seeds are 32-bit
+# MLflow's API takes 500 characters, but its SQL schema stores experiment names in a 256-character column,
+# so a longer name works on sqlite and fails on PostgreSQL/MySQL: keep to what every store holds
+MAX_EXPERIMENT_NAME = 256
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "mnist_5k")
@@ -57,7 +66,7 @@ class SearchSpec(_Section):
     sampler: Literal["grid", "random", "tpe"] = "tpe"
     n_trials: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     metric: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
@@ -133,10 +142,20 @@ class Range:
     step: float | None = None
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
+    @property
+    def size(self) -> int:
+        """Number of grid points of a stepped (or integer) range, computed: a huge grid is never built."""
+        if self.is_int:
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        span = (self.high - self.low) / (self.step if self.step is not None else 1)
+        return int(math.floor(span + 1e-9)) + 1 if math.isfinite(span) else sys.maxsize
+
     def grid(self) -> list[Any]:
-        """The grid points of a stepped (or integer) range."""
+        """The grid points of a stepped (or integer) range. Raises ValueError above MAX_GRID_POINTS."""
+        n = self.size
+        if n > MAX_GRID_POINTS:
+            raise ValueError(f"{self.name}: {n} grid points, more than MAX_GRID_POINTS={MAX_GRID_POINTS}")
         step = self.step if self.step is not None else 1
-        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
         return [self.low + i * step if self.is_int else round(self.low + i * step, 12) for i in range(n)]
 
 
@@ -192,7 +211,7 @@ class Spec:
             elif isinstance(p, Range):
                 if not p.is_int and p.step is None:
                     return None
-                size *= len(p.grid())
+                size *= p.size
         return size
 
     def fixed_params(self) -> dict[str, Any]:
@@ -205,19 +224,44 @@ class Spec:
         """Return a copy with top-level fields or ``search``/``tracking``/``execution`` keys changed.
 
         Keys like ``n_trials``, ``seed``, ``tracking_uri``, ``executor`` are what the CLI overrides.
+        Overridden section keys obey the spec's rules: raises :class:`SpecError` naming the key
+        (``search.seed``, ``tracking.uri``, ...) and the flag that set it.
         """
         import dataclasses
 
-        search = self.search.model_copy(update={k: changes.pop(k) for k in ("seed",) if k in changes})
-        tracking = self.tracking
-        if "tracking_uri" in changes:
-            tracking = tracking.model_copy(update={"uri": changes.pop("tracking_uri")})
-        execution = self.execution
-        exec_keys = {k: changes.pop(k) for k in ("executor", "address", "max_concurrent_trials", "device")
-                     if k in changes}
-        if exec_keys:
-            execution = execution.model_copy(update=exec_keys)
-        return dataclasses.replace(self, search=search, tracking=tracking, execution=execution, **changes)
+        problems: list[tuple[str, str]] = []
+        sections = {}
+        for section, keys in _OVERRIDES.items():
+            update = {field: changes.pop(flag) for flag, field in keys.items() if flag in changes}
+            current = getattr(self, section)
+            sections[section] = current if not update else _validated(section, current, update, problems)
+        if problems:
+            raise SpecError(problems, self.path)
+        return dataclasses.replace(self, **sections, **changes)
+
+
+# override -> section key; the CLI flag of an override is its name with dashes (tracking_uri: --tracking-uri)
+_OVERRIDES: dict[str, dict[str, str]] = {
+    "search": {"seed": "seed"},
+    "tracking": {"tracking_uri": "uri"},
+    "execution": {k: k for k in ("executor", "address", "max_concurrent_trials", "device")},
+}
+
+
+def _validated(section: str, current: _Section, update: dict[str, Any], problems: list) -> Any:
+    """``current`` with ``update`` applied, validated like the YAML; problems are added to ``problems``."""
+    flags = {field: flag for flag, field in _OVERRIDES[section].items()}
+    try:
+        new = type(current).model_validate({**current.model_dump(), **update})
+    except ValidationError as exc:
+        problems.extend((path, f"{rule} (from --{flags[path.split('.')[1]].replace('_', '-')})")
+                        for path, rule in _pydantic_problems(exc, prefix=(section,)))
+        return current
+    if section == "tracking":
+        rule = store_uri_problem(new.uri, "tracking")
+        if rule:
+            problems.append(("tracking.uri", f"{rule} (from --tracking-uri)"))
+    return new
 
 
 # --------------------------------------------------------------------------- loading
@@ -241,6 +285,15 @@ class _NoAliasLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, "YAML merge keys (<<) are not allowed in a spec; write the merged keys out",
+                    key_node.start_mark)
+            if isinstance(key_node, yaml.SequenceNode | yaml.MappingNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a plain name, not a {kind}; write e.g. 'lr:' (a '?' or a "
+                    "'[...]'/'{...}' before ':' makes the key itself a collection)", key_node.start_mark)
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -261,21 +314,48 @@ def load_spec(path: str | Path) -> Spec:
     Returns the frozen :class:`Spec`. Raises :class:`SpecError` naming the file, the key path
     and the rule of every problem found.
     """
-    p = Path(path)
+    data = _read_limited(Path(path))
     try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise SpecError([("", f"cannot read spec: {exc.strerror}")], str(path)) from None
-    if size > MAX_SPEC_BYTES:
-        raise SpecError([("", f"spec is {size} bytes; a spec must be under {MAX_SPEC_BYTES} bytes")], str(path))
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([("", f"cannot read spec: {exc}")], str(path)) from None
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+    except UnicodeDecodeError as exc:
+        raise SpecError([("", f"cannot read spec: {exc}; save it as UTF-8 text")], str(path)) from None
     try:
         return parse_spec(text, source_path=str(path))
     except SpecError as exc:
         raise exc.with_file(str(path)) from None
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words ("a FIFO (named pipe)", "a folder", ...; "a regular file")."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a regular file")
+
+
+def _read_limited(path: Path) -> bytes:
+    """At most ``MAX_SPEC_BYTES + 1`` bytes of a regular file: ``st_size`` is 0 for a device and a FIFO
+    blocks until someone writes, so both are refused rather than read."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise SpecError([("", f"cannot read spec: {path} is {file_kind(mode)}, not a regular file; "
+                                  "give the path of a YAML file")], str(path))
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise SpecError([("", f"cannot read spec: {path} is {file_kind(mode)}, not a regular file")],
+                                str(path))
+            data = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError([("", f"cannot read spec: {exc.strerror or exc}")], str(path)) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([("", f"spec is over {MAX_SPEC_BYTES} bytes; a spec must be under {MAX_SPEC_BYTES} bytes")],
+                        str(path))
+    return data
 
 
 def parse_spec(text: str, source_path: str | None = None) -> Spec:
@@ -322,10 +402,10 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _pydantic_problems(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        loc = prefix + tuple(err["loc"])
         path = ".".join(str(p) for p in loc)
         kind = err["type"]
         value = err.get("input")
@@ -343,6 +423,8 @@ def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
             rule = f"must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit (got {value!r})"
         elif kind in ("model_type", "dict_type"):
             rule = f"must be a mapping of keys (got {type(value).__name__} {value!r})"
+        elif path == "search.seed" and kind in ("greater_than_equal", "less_than_equal"):
+            rule = f"must be an integer from 0 to {MAX_SEED} (seeds are 32-bit) (got {value!r})"
         else:
             msg = err["msg"]
             msg = msg[0].lower() + msg[1:] if msg else msg
@@ -400,8 +482,17 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
     if ex.gpus_per_trial > 1 and ex.gpus_per_trial != int(ex.gpus_per_trial):
         problems.append(("execution.gpus_per_trial", f"above 1 must be a whole number of GPUs (got {ex.gpus_per_trial})"))
 
+    _check_tracking(raw.tracking, problems)
+
     # params
     space = _parse_params(raw.params, raw.model, problems)
+    # keys the trainer would silently ignore: say so rather than spend trials on them
+    if "label_smoothing" in raw.params and task == "regression":
+        problems.append(("params.label_smoothing", "has no effect on a regression task (it smooths "
+                         "classification targets); remove this key"))
+    if "augment" in raw.params and d.dataset in DATASETS and d.dataset not in IMAGE_DATASETS:
+        problems.append(("params.augment", f"has no effect on tabular data ({d.dataset}): augment crops and "
+                         "flips images; remove this key"))
 
     n_trials = s.n_trials
     if s.sampler == "grid":
@@ -412,6 +503,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
                 problems.append((f"params.{p.name}", "grid search cannot use log: true; list the values instead"))
             if p.when:
                 problems.append((f"params.{p.name}.when", "grid search does not support conditional parameters; use sampler random or tpe, or list the combinations as separate specs"))
+        _check_grid_size(space, problems)
     elif n_trials is None:
         problems.append(("search.n_trials", f"required for sampler {s.sampler}: how many trials to run"))
 
@@ -429,11 +521,47 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
     return _dc_replace(spec, n_trials=int(n_trials))
 
 
+def _check_tracking(t: TrackingSpec, problems: list) -> None:
+    """The store rules (schemes, in-memory sqlite, drivers, sqlite folders) and MLflow's name limits."""
+    for key, value, kind in (("uri", t.uri, "tracking"), ("storage", t.storage, "storage")):
+        rule = store_uri_problem(value, kind) if value is not None else None  # type: ignore[arg-type]
+        if rule:
+            problems.append((f"tracking.{key}", rule))
+    if t.experiment is not None:
+        if not t.experiment.strip():
+            problems.append(("tracking.experiment", "must not be empty; leave it out to use the study name"))
+        elif len(t.experiment) > MAX_EXPERIMENT_NAME:
+            problems.append(("tracking.experiment", f"is {len(t.experiment)} characters; MLflow stores at most "
+                             f"{MAX_EXPERIMENT_NAME}: shorten it"))
+
+
+def _approx(n: int) -> str:
+    """``12,345`` or ``about 10^24``: a grid size may have hundreds of digits."""
+    return f"{n:,}" if n < 10**7 else f"about 10^{len(str(n)) - 1}"
+
+
+def _check_grid_size(space: list[Param], problems: list) -> None:
+    """Refuse a grid above MAX_GRID_POINTS, naming the parameter with the most values (sizes are computed)."""
+    sizes = {p.name: (len(p.choices) if isinstance(p, Choice) else p.size) for p in space
+             if isinstance(p, Choice) or (isinstance(p, Range) and (p.is_int or p.step is not None))}
+    total = math.prod(sizes.values())
+    if total > MAX_GRID_POINTS:
+        widest = max(sizes, key=sizes.__getitem__)
+        problems.append(("params", f"the grid has {_approx(total)} points, more than the {MAX_GRID_POINTS:,} a grid "
+                         f"search may try (params.{widest} alone has {_approx(sizes[widest])}); use a coarser step, "
+                         "list fewer values, or use sampler random or tpe"))
+
+
 _RANGE_KEYS = ("low", "high", "log", "step", "when", "choices")
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``a == b`` without Python's ``True == 1``: a condition on a bool matches only true/false."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) -> tuple:
@@ -461,7 +589,7 @@ def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) ->
             problems.append((f"{where}.{other}", f"{other} is a range; a condition must name a categorical parameter (a list)"))
             continue
         for v in vals:
-            if v not in allowed:
+            if not any(same_value(v, a) for a in allowed):
                 problems.append((f"{where}.{other}", f"{v!r} is not one of {other}'s values {allowed}"))
         out.append((other, vals))
     return tuple(out)
@@ -478,9 +606,13 @@ def _parse_choices(name: str, value: Any, model: str, where: str, problems: list
     if bad_type:
         problems.append((where, f"choices must be plain values, not {type(bad_type[0]).__name__}s (got {bad_type[0]!r})"))
         return None
-    if len(set(map(repr, value))) != len(value):
-        problems.append((where, f"choices must be distinct (got {value!r})"))
-        return None
+    # equality, not spelling: 1 and 1.0 (and true and 1) are one value to Optuna and to the model
+    firsts: dict[Any, Any] = {}
+    for v in value:
+        if v in firsts:
+            problems.append((where, f"choices must be distinct: {firsts[v]!r} and {v!r} are equal (got {value!r})"))
+            return None
+        firsts[v] = v
     errs = [e for e in (check_value(name, v, model) for v in value) if e]
     if errs:
         problems.append((where, errs[0]))
@@ -558,6 +690,11 @@ def _parse_params(params: dict[str, Any], model: str, problems: list) -> list[Pa
                     continue
                 if log:
                     problems.append((f"{where}.step", "cannot be combined with log: true (Optuna's rule)"))
+                    continue
+                if low < high and step > high - low:
+                    problems.append((f"{where}.step", f"is larger than the range ({step!r} > high - low = "
+                                     f"{high - low!r}): only low would ever be tried; use a smaller step, or "
+                                     "a single value"))
                     continue
             bad = [(k, check_value(name, v, model)) for k, v in (("low", low), ("high", high))]
             bad = [(k, b) for k, b in bad if b]
