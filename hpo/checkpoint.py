@@ -1,16 +1,24 @@
 """Checkpoints that explain themselves: weights plus the config that rebuilds the model.
 
 Saved with ``torch.save`` as plain tensors and primitives and always read back with
-``torch.load(weights_only=True)``: loading a checkpoint never runs pickled code.
+``torch.load(weights_only=True)``: loading a checkpoint never runs pickled code. A file that
+loader refuses (a pickled payload) or cannot parse (truncated, not a checkpoint) is reported
+as "unreadable or unsafe", never loaded another way. The spec saved inside a checkpoint has its
+passwords hidden (:func:`hpo.redact.redact_data`): checkpoints travel further than stores do.
 """
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from hpo.errors import HpoError
+from hpo.redact import redact_data
 
 FORMAT = 1
 
@@ -18,7 +26,10 @@ FORMAT = 1
 def save_checkpoint(path: Path, *, model: str, params: dict[str, Any], input_shape: tuple[int, ...],
                     n_outputs: int, regression: bool, state: dict[str, torch.Tensor] | None = None,
                     folds: list[dict[str, torch.Tensor]] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint of one model (``state``) or of a trial's fold models (``folds``)."""
+    """Write a checkpoint of one model (``state``) or of a trial's fold models (``folds``); returns ``path``.
+
+    ``extra`` (the spec, test metrics, …) is saved with its passwords hidden, whoever the caller.
+    """
     blob = {
         "format": FORMAT,
         "model": model,
@@ -28,15 +39,46 @@ def save_checkpoint(path: Path, *, model: str, params: dict[str, Any], input_sha
         "regression": bool(regression),
         "state": state,
         "folds": folds,
-        "extra": extra or {},
+        "extra": redact_data(extra or {}),
     }
     torch.save(blob, path)
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _unreadable(what: str, why: str) -> HpoError:
+    return HpoError(f"the checkpoint {what} is unreadable or unsafe ({why}); it was not loaded, since loading it "
+                    "any other way could run code from the file. Use a checkpoint hpo wrote: download it again from "
+                    "its run, or re-run the study to write a new one")
+
+
+def read_checkpoint(path: str | Path, what: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    ``what`` names the checkpoint in messages (default: its path). Raises :class:`~hpo.errors.HpoError`
+    ("unreadable or unsafe") when the loader refuses the file (pickled code), cannot parse it
+    (truncated, damaged) or it is not an hpo checkpoint.
+    """
+    what = what or str(path)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a foreign file; the message below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any global it does not know: the file asks to run or build something.
+        # torch's own advice (retry with weights_only=False) is exactly what must not be done, so it is dropped
+        named = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
+        raise _unreadable(what, "torch.load(weights_only=True) refused it: "
+                          + (named[0] if named else "it holds objects other than tensors and plain values")) from None
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise HpoError(f"no checkpoint at {what}: the file does not exist") from None
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+        raise _unreadable(what, f"cannot parse it: {type(exc).__name__}: {first}".rstrip(": ")) from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("params"), dict) \
+            or (blob.get("state") is None and not blob.get("folds")):
+        raise _unreadable(what, f"not an hpo checkpoint of format {FORMAT}")
+    return blob
 
 
 def model_from_checkpoint(blob: dict[str, Any], fold: int | None = None) -> nn.Module:
@@ -57,7 +99,8 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
     from a child run that kept its checkpoint).
 
     Returns a module that takes raw inputs and returns logits or target-unit predictions.
-    Raises :class:`~hpo.errors.TrackingError` if the run has no checkpoint.
+    Raises :class:`~hpo.errors.TrackingError` if the run has no checkpoint, and
+    :class:`~hpo.errors.HpoError` ("unreadable or unsafe") if its checkpoint cannot be loaded safely.
     """
     import tempfile
 
@@ -68,12 +111,17 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
 
     client = MlflowClient(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI)
     for name in ("checkpoint/best.pt", "checkpoint/trial.pt"):
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
                 local = client.download_artifacts(run_id, name, tmp)
-                blob = read_checkpoint(local)
-        except Exception:
-            continue
-        return model_from_checkpoint(blob, fold=None if blob["state"] is not None else 0)
+            except Exception:
+                continue  # not this one: a refit writes best.pt, a kept trial trial.pt
+            # a checkpoint that is there but cannot be read safely is an error, not a missing one
+            what = f"{name} of run {run_id}"
+            blob = read_checkpoint(local, what)
+        try:
+            return model_from_checkpoint(blob, fold=None if blob["state"] is not None else 0)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise _unreadable(what, f"its weights do not fit its model: {type(exc).__name__}: {exc}") from None
     raise TrackingError(f"run {run_id} has no checkpoint (checkpoint/best.pt or checkpoint/trial.pt); "
                         "pass the study's parent run id, or a trial in the top tracking.keep_checkpoints")

@@ -2,11 +2,13 @@
 
 The job runs ``python -m hpo run SPEC --executor ray`` on the cluster; the hpo package
 itself travels in the job's runtime environment (``py_modules``), the spec and the data
-files it names in its ``working_dir``.
+files it names in its ``working_dir``. Nothing from outside the submitting folder is shipped:
+paths and symbolic links that lead out of it are refused before any cluster is contacted.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.errors import HpoError, SpecError
+from hpo.redact import redact
 
 SUBMITTED_BY = "hpo"
 
@@ -25,7 +28,8 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:
-        raise HpoError(f"cannot reach the Ray Jobs API at {address}: {str(exc).splitlines()[0]}. Check --address "
+        raise HpoError(f"cannot reach the Ray Jobs API at {redact(address)}: {redact(str(exc).splitlines()[0])}. "
+                       "Check --address "
                        "(the dashboard port, usually 8265) and, for token auth, RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH") from None
 
 
@@ -37,11 +41,58 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+MAX_LISTED = 10  # problems listed one per line; the rest are counted
+
+
+def _unshippable(src: Path, cwd: Path) -> list[str]:
+    """Why each file or link under ``src`` must not be shipped (empty when all may).
+
+    Every entry is checked, not only ``src``: a symbolic link whose target resolves outside
+    ``cwd``, a dangling link, a link to a folder that contains it (the copy would never end),
+    and anything that is not a regular file or folder (a FIFO would block the copy).
+    """
+    root = cwd.resolve()
+    problems: list[str] = []
+    seen: set[Path] = set()
+    todo = [src]
+    while todo:
+        path = todo.pop()
+        shown = path.relative_to(cwd) if path.is_relative_to(cwd) else path
+        real = path.resolve()
+        if path.is_symlink():
+            target = os.readlink(path)
+            if not real.exists():
+                problems.append(f"{shown} is a symbolic link to {target}, which does not exist: remove the link, or "
+                                "point it at a file inside the working directory")
+                continue
+            if not _inside(real, root):
+                problems.append(f"{shown} is a symbolic link to {real}, outside the working directory {root}, so the "
+                                "job would ship that file: copy the file into the folder, or remove the link")
+                continue
+            if real.is_dir() and _inside(path.parent, real):
+                problems.append(f"{shown} is a symbolic link to {target}, a folder that contains the link (a loop): "
+                                "remove the link")
+                continue
+        if real.is_dir():
+            if real not in seen:  # two links to one folder inside: check it once
+                seen.add(real)
+                todo.extend(sorted(path.iterdir(), reverse=True))
+        elif not real.is_file():
+            problems.append(f"{shown} is not a regular file (a FIFO, socket or device): remove it from the folder")
+    return problems
+
+
 def package(spec_path: str | Path, workdir: Path, cwd: Path | None = None) -> str:
     """Copy the spec and the data it names into ``workdir``; returns the spec's path inside it.
 
-    Raises SpecError when a path escapes the working directory (a job must not read
-    arbitrary files of the submitting machine) or a file is missing.
+    Raises SpecError (nothing copied) when a path escapes the working directory (a job must not
+    read arbitrary files of the submitting machine) or a file is missing. Every file under
+    ``data.path`` is checked, and a symbolic link whose target is outside the working directory,
+    a dangling link or a special file is refused, each named with where it points. Refused
+    rather than skipped: a skipped file would surface later, on the cluster, as missing data
+    (or silently as less data), while the user who made the link can copy the file in or
+    remove the link in a moment. Links that stay inside the working directory are shipped as
+    the files they point to.
     """
     from hpo.spec import load_spec
 
@@ -52,20 +103,26 @@ def package(spec_path: str | Path, workdir: Path, cwd: Path | None = None) -> st
         raise SpecError([("", f"submit from a folder that contains the spec (the spec is outside {cwd})")],
                         str(spec_path))
     rel_spec = spec_file.resolve().relative_to(cwd.resolve())
-    (workdir / rel_spec).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(spec_file, workdir / rel_spec)
+    src = data = None
     if spec.data.path:
         data = Path(spec.data.path)
         if data.is_absolute() or not _inside(cwd / data, cwd):
             raise SpecError([("data.path", f"must be a path inside the working directory to be shipped with the job "
                                            f"(got {spec.data.path!r})")], str(spec_path))
         src = cwd / data
-        if src.exists():
-            dst = workdir / data
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        if src.exists() or src.is_symlink():
+            problems = _unshippable(src, cwd)
+            if problems:
+                more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+                raise SpecError([("data.path", p) for p in problems[:MAX_LISTED] + more], str(spec_path))
         elif not spec.data.download:
             raise SpecError([("data.path", f"{spec.data.path} does not exist; nothing to ship")], str(spec_path))
+    (workdir / rel_spec).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(spec_file, workdir / rel_spec)
+    if src is not None and data is not None and src.exists():
+        dst = workdir / data
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     return str(rel_spec)
 
 
@@ -76,17 +133,17 @@ def check_tracking_uri(uri: str) -> None:
     db = sqlite_path(uri)
     if db is not None:
         if not db.is_absolute():
-            raise HpoError(f"--tracking-uri {uri}: a submitted study needs an absolute sqlite path "
+            raise HpoError(f"--tracking-uri {redact(uri)}: a submitted study needs an absolute sqlite path "
                            "(sqlite:////abs/path/mlflow.db) or, on a real cluster, an MLflow tracking server URL")
         return
     if not uri.startswith(("http://", "https://")):
-        raise HpoError(f"--tracking-uri {uri}: use an MLflow tracking server (http://host:5000) for a cluster")
+        raise HpoError(f"--tracking-uri {redact(uri)}: use an MLflow tracking server (http://host:5000) for a cluster")
     try:
         check_reachable(uri)
     except HpoError:
         # the URI is used inside the cluster (e.g. http://mlflow:5000), which may not resolve here;
         # the job checks it again before its first trial
-        print(f"note: {uri} does not answer from this machine; the job checks it from the cluster", file=sys.stderr)
+        print(f"note: {redact(uri)} does not answer from this machine; the job checks it from the cluster", file=sys.stderr)
 
 
 def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = None, n_trials: int | None = None,
@@ -100,10 +157,11 @@ def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = Non
     spec = load_spec(spec_path)
     uri = tracking_uri or spec.tracking.uri
     check_tracking_uri(uri)
-    client = _client(address)
     workdir = Path(tempfile.mkdtemp(prefix="hpo-job-"))
     try:
+        # what is shipped is checked before any cluster is contacted: a refused folder needs no cluster
         rel = package(spec_path, workdir)
+        client = _client(address)
         cmd = ["python", "-m", "hpo", "run", rel, "--executor", "ray", "--tracking-uri", uri, "--quiet"]
         if n_trials:
             cmd += ["--n-trials", str(n_trials)]
@@ -128,7 +186,8 @@ def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = Non
             except RuntimeError as exc:
                 # a head that just started answers before its job agent is up: wait for it
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                    raise HpoError(f"the Ray cluster at {address} refused the job: {str(exc).splitlines()[0]}") from None
+                    raise HpoError(f"the Ray cluster at {redact(address)} refused the job: "
+                                   f"{redact(str(exc).splitlines()[0])}") from None
                 time.sleep(2)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -175,4 +234,5 @@ def cancel(address: str, job_id: str) -> bool:
     try:
         return bool(client.stop_job(job_id))
     except RuntimeError as exc:
-        raise HpoError(f"no job {job_id} at {address}: {exc}; list them with hpo jobs --address {address}") from None
+        shown = redact(address)
+        raise HpoError(f"no job {job_id} at {shown}: {redact(str(exc))}; list them with hpo jobs --address {shown}") from None

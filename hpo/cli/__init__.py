@@ -1,7 +1,8 @@
 """``hpo`` command line: one module per command; this module only dispatches and formats errors.
 
 Errors hpo knows about print as one message and exit with code 2; set ``HPO_DEBUG=1`` to see
-the traceback as well.
+the traceback as well. Every error message and every log record of the process goes through
+:func:`hpo.redact.redact` first, so no error path prints a password.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from hpo.cli import cancel as cancel_cmd
@@ -52,21 +54,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redact_log_records() -> None:
+    """Hide passwords in every log record (hpo's, MLflow's, Ray's) before any handler formats it:
+    warnings quote URIs and exception texts that may carry one."""
+    import logging
+
+    from hpo.redact import redact
+
+    make = logging.getLogRecordFactory()
+    if getattr(make, "hpo_redacts", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: let logging report it as it would
+            return record
+        safe = redact(message)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return record
+
+    factory.hpo_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     from hpo.errors import HpoError
+    from hpo.redact import redact
+
+    _redact_log_records()
 
     try:
         return int(args._handler(args) or 0)
-    except HpoError as exc:
-        if os.environ.get("HPO_DEBUG"):
-            raise
-        print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        known = isinstance(exc, HpoError)
+        if not known or os.environ.get("HPO_DEBUG"):
+            # a bug (or HPO_DEBUG) still shows its traceback, with passwords hidden like every other line
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        if not known:
+            return 1
+        message = redact(str(exc))  # the one place every error path prints through
+        print(f"error: {message}" if "\n" not in message else f"error:\n{message}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -32,13 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Submit, print the job id and how to follow it; with --wait, follow it."""
     from hpo.jobs import follow, submit_study
+    from hpo.redact import redact
 
     job_id = submit_study(args.spec, address=args.address, tracking_uri=args.tracking_uri,
                           n_trials=args.n_trials, resume=args.resume)
+    # the commands are shown with the password hidden: type it in, or keep it in the environment
+    address = redact(args.address)
     print(f"submitted job {job_id}")
-    print(f"  follow:  ray job logs --address {args.address} --follow {job_id}")
-    print(f"  status:  hpo jobs --address {args.address}")
-    print(f"  stop:    hpo cancel {job_id} --address {args.address}")
+    print(f"  follow:  ray job logs --address {address} --follow {job_id}")
+    print(f"  status:  hpo jobs --address {address}")
+    print(f"  stop:    hpo cancel {job_id} --address {address}")
     if not args.wait:
         return 0
     status = follow(args.address, job_id)

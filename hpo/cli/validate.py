@@ -22,6 +22,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from hpo import space
+    from hpo.redact import redact
     from hpo.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -33,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     grid = spec.grid_size
     if spec.search.sampler == "grid" and grid is not None:
         console.print(f"grid size: {grid}")
-    console.print(f"tracking: {spec.tracking.uri} (experiment {spec.experiment}); executor "
+    console.print(f"tracking: {redact(spec.tracking.uri)} (experiment {spec.experiment}); executor "
                   f"{spec.execution.executor}, device {spec.execution.device}")
     table = Table("parameter", "kind", "values")
     for row in space.describe(spec):
