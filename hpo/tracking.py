@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -182,19 +183,40 @@ def trial_run_name(number: int, sampled: dict[str, Any]) -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`TrackingError` when an HTTP tracking server does not answer."""
+    """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``.
+
+    Asks the way MLflow's own REST client asks (``mlflow.utils.rest_utils.http_request`` with the
+    host credentials MLflow builds for the URI), so a server MLflow can use passes: credentials in
+    the URL (``http://user:password@host``, which ``requests`` sends as basic auth),
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``, and
+    MLflow's TLS settings. Messages never show the password.
+    """
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return
-    import urllib.request
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
+    shown = redact(uri)
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            if resp.status != 200:
-                raise OSError(f"HTTP {resp.status}")
+        # one try, no backoff: this is a quick look before a study starts, not a write that must land
+        resp = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, backoff_factor=0,
+                            timeout=timeout, raise_on_status=False)
     except Exception as exc:
-        raise TrackingError(f"the tracking server {uri} is not reachable ({exc}); start it "
+        text = str(exc).strip()
+        # MLflow wraps requests' error in "API request to URL failed with exception ...": keep the OS's reason
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+        reason = redact(errno[0] if errno else f"timed out after {timeout:g}s" if "timed out" in text.lower()
+                        else text.splitlines()[0] if text else type(exc).__name__)
+        raise TrackingError(f"the tracking server {shown} is not reachable ({reason}); start it "
                             "(mlflow server ...) or pass another --tracking-uri") from None
+    if resp.status_code in (401, 403):
+        raise TrackingError(f"the tracking server {shown} refused the credentials (HTTP {resp.status_code}); put "
+                            "them in the URI (http://USER:PASSWORD@host) or set MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if resp.status_code != 200:
+        raise TrackingError(f"the tracking server {shown} is not reachable (HTTP {resp.status_code} from /health); "
+                            "check that it is an MLflow tracking server, or pass another --tracking-uri")
 
 
 def temp_dir() -> str:
