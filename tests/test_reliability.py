@@ -55,6 +55,46 @@ def test_redact_keeps_the_rest_of_the_url():
     assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("http://user:pw@host:5000/api", "http://user:***@host:5000/api"),
+    ("postgresql://:pw@db:5432/runs", "postgresql://:***@db:5432/runs"),  # empty user
+    ("http://u:p@ss@host/x?y=1", "http://u:***@host/x?y=1"),  # '@' in the password: the host is after the last '@'
+    ("http://u:p:a@s@s@host", "http://u:***@host"),
+    ("https://u:p%40ss%2Fw@host:443/", "https://u:***@host:443/"),  # percent-encoded
+    ("ray://admin:hunter2@head:10001", "ray://admin:***@head:10001"),
+    ("postgresql+psycopg2://hpo:pw@db/runs", "postgresql+psycopg2://hpo:***@db/runs"),
+    ("http://host/x?password=pw&run=1", "http://host/x?password=***&run=1"),
+    ("http://host/x?a=1&pwd=pw#top", "http://host/x?a=1&pwd=***#top"),
+    ("http://host/?token=t;api_key=k&apikey=k2", "http://host/?token=***;api_key=***&apikey=***"),
+    ("s3://b/k?X-Amz-Signature=abc&X-Amz-Security-Token=def&v=2", "s3://b/k?X-Amz-Signature=***&X-Amz-Security-Token=***&v=2"),
+    ("http://host/?db_password=pw&secret=s&client_secret=c", "http://host/?db_password=***&secret=***&client_secret=***"),
+    ("host=db password=pw user=hpo", "host=db password=*** user=hpo"),  # libpq keyword DSN
+    ("error: 'http://u:pw@h:1' refused", "error: 'http://u:***@h:1' refused"),
+])
+def test_redact_hides_every_password_form(text, shown):
+    assert redact(text) == shown
+
+
+@pytest.mark.parametrize("text", [
+    "ssh://git@github.com/x.git",  # a user name alone is no secret
+    "http://host:5000/api?max_tokens=3&keyboard=1",  # keys that only contain a secret word
+    "file:///tmp/a@b/c", "sqlite:////tmp/x@y.db", "mail me at a@b.c", "",
+])
+def test_redact_leaves_text_without_secrets_alone(text):
+    assert redact(text) == text
+
+
+def test_redact_data_hides_secrets_in_nested_spec_data():
+    from hpo.redact import redact_data
+
+    spec = {"tracking": {"uri": "http://u:pw@h", "experiment": "e"}, "password": "hunter2", "n": 3,
+            "data": {"options": [{"api_key": "k", "keep": "http://h/?token=t"}, ("a", "s3://x:y@b")]}, "none": None}
+    assert redact_data(spec) == {"tracking": {"uri": "http://u:***@h", "experiment": "e"}, "password": "***", "n": 3,
+                                 "data": {"options": [{"api_key": "***", "keep": "http://h/?token=***"},
+                                                      ("a", "s3://x:***@b")]}, "none": None}
+    assert spec["password"] == "hunter2"  # a copy: the caller's data is untouched
+
+
 @pytest.mark.slow
 def test_two_studies_on_one_store_at_once(tmp_path, store):
     procs = []
