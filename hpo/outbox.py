@@ -13,6 +13,13 @@ does) sends them once the server answers again.
 
 The spool is plain JSON lines (one write each) plus copies of files waiting to be uploaded;
 nothing in it is executable. Each process writes its own ``ops-<role>-<pid>.jsonl``.
+
+The spool records the store its writes are for (``target.json``, see :mod:`hpo.spool`): run
+and experiment ids only mean something in that store, so ``hpo sync`` and resume send the
+writes there and refuse another URI. A write the store refuses for another reason than an
+outage (or one for a run whose creation failed) is never dropped: it moves to
+``failed-<role>-<pid>.jsonl`` with the reason, and :func:`sync` raises :class:`SyncError`
+while such files are there.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from hpo.redact import redact
+from hpo.spool import SyncError, failed_message, failed_writes, record_target, waiting  # noqa: F401 (re-exported)
 from hpo.sqlite_store import sqlite_path
 
 log = logging.getLogger("hpo")
@@ -80,8 +89,12 @@ class Outbox:
     """
 
     def __init__(self, client: Any, spool: Path | None, *, grace_s: float = DEFAULT_GRACE_S,
-                 retry_s: float = DEFAULT_RETRY_S, role: str = "d", file: Path | None = None) -> None:
+                 retry_s: float = DEFAULT_RETRY_S, role: str = "d", file: Path | None = None,
+                 target: str | None = None) -> None:
         self.client = client
+        # the store these writes are for, recorded in the spool with the first write that waits
+        self.target = target or getattr(client, "tracking_uri", None)
+        self._target_recorded = False
         self.spool = Path(spool) if spool is not None else None
         self.grace_s, self.retry_s = grace_s, retry_s
         self._ops: list[dict[str, Any]] = []
@@ -91,6 +104,10 @@ class Outbox:
         self.last_error = ""
         self.sent_late = 0  # writes that waited and then went out
         self.ids: dict[str, str] = read_ids(self.spool)
+        self.failed: list[dict[str, Any]] = []  # writes the store refused in this process (kept in the spool)
+        # placeholder -> why its create_run failed (here or in an earlier sync): its writes cannot be sent
+        self._dead: dict[str, str] = {op["id"]: op.get("error", "") for op in failed_writes(self.spool)
+                                      if op.get("op") == "create_run" and "id" in op}
         self._file = self.spool / f"ops-{role}-{os.getpid()}.jsonl" if self.spool is not None else None
         if file is not None:  # take over the writes another (stopped) process left in its spool file
             self._file = Path(file)
@@ -205,8 +222,32 @@ class Outbox:
         self._ops.append(op)
         if self._file is not None:
             self._file.parent.mkdir(parents=True, exist_ok=True)
+            if not self._target_recorded and self.target:
+                record_target(self._file.parent, self.target)
+                self._target_recorded = True
             with open(self._file, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(op) + "\n")
+
+    def _fail(self, op: dict[str, Any], why: str) -> None:
+        """Keep a write the store will not take in the spool's failed file, with the reason."""
+        op = {**op, "error": why}
+        self.failed.append(op)
+        if op["op"] == "create_run":
+            self._dead[op["id"]] = why
+        where = "memory"
+        if self._file is not None:
+            failed = self._file.with_name(self._file.name.replace("ops-", "failed-", 1))
+            with open(failed, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(op) + "\n")
+            where = str(failed)
+        log.warning("a tracking write could not be sent and is kept in %s: %s (%s)", where, op["op"], why)
+
+    def _dead_parent(self, op: dict[str, Any]) -> str | None:
+        """Why the run ``op`` writes to was never created, when its create_run failed."""
+        for ref in (op.get("run"), op.get("tags", {}).get("mlflow.parentRunId") if op["op"] == "create_run" else None):
+            if _has_pending(ref) and ref in self._dead:
+                return self._dead[ref]
+        return None
 
     def _execute(self, op: dict[str, Any], fresh: bool = False) -> Any:
         from mlflow.entities import Metric, Param, RunTag
@@ -230,7 +271,11 @@ class Outbox:
         elif kind == "set_tag":
             c.set_tag(run, op["key"], op["value"])
         elif kind == "delete_tag":
-            c.delete_tag(run, op["key"])
+            try:
+                c.delete_tag(run, op["key"])
+            except Exception as exc:  # the tag is gone already (a replayed or repeated tag move): done
+                if "No tag with name" not in str(exc):
+                    raise
         elif kind == "log_artifact":
             c.log_artifact(run, op["local"], op["path"])
         elif kind == "log_text":
@@ -247,8 +292,10 @@ class Outbox:
     def flush(self, force: bool = False, final: bool = False) -> bool:
         """Send waiting writes in order if ``retry_s`` has passed (or ``force``); True when none wait.
 
-        ``final``: a write for a run whose creation is nowhere to be sent any more is dropped
-        (used by :func:`sync` after every process's writes were replayed)."""
+        A write the store refuses (not an outage), or one for a run whose create_run failed, moves
+        to the spool's failed file (see :meth:`_fail`). ``final``: a write for a run whose creation
+        is nowhere to be sent any more moves there too (used by :func:`sync` after the writes of
+        every process were replayed); otherwise it waits for the process that creates the run."""
         if not self._ops:
             return True
         if not force and time.monotonic() - self._last_try < self.retry_s:
@@ -258,10 +305,15 @@ class Outbox:
             sent = 0
             while self._ops:
                 op = self._resolve(self._ops[0])
+                why = None
                 if self._blocked(op):
-                    if not final:  # its run is created by a write still waiting elsewhere (another process)
+                    dead = self._dead_parent(op)
+                    if dead is not None:
+                        why = f"its run was never created ({dead})"
+                    elif final:
+                        why = "its run was never created: no waiting write creates it"
+                    else:  # its run is created by a write still waiting elsewhere (another process)
                         break
-                    log.warning("dropping a tracking write for a run that was never created: %s", op["op"])
                 else:
                     try:
                         self._execute(op)
@@ -269,9 +321,11 @@ class Outbox:
                         if is_outage(exc):
                             self.last_error = _short(exc)
                             break
-                        log.warning("a waiting tracking write failed and is dropped (%s: %s): %s",
-                                    type(exc).__name__, _short(exc), op["op"])
+                        why = f"{type(exc).__name__}: {redact(_short(exc))}"
                 self._ops.pop(0)
+                if why is not None:
+                    self._fail(op, why)  # a file it uploads stays in the spool with it
+                    continue
                 sent += 1
                 if op["op"] == "log_artifact" and self.spool is not None and self.spool in Path(op["local"]).parents:
                     shutil.rmtree(Path(op["local"]).parent, ignore_errors=True)
@@ -328,19 +382,21 @@ def _write_ids(spool: Path | None, ids: dict[str, str]) -> None:
     os.replace(tmp, spool / IDS_FILE)
 
 
-def waiting(spool: Path) -> int:
-    """How many writes wait in a spool folder (all processes)."""
-    n = 0
-    for f in sorted(spool.glob("ops-*.jsonl")) if spool.is_dir() else []:
-        n += sum(1 for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
-    return n
+class Synced(NamedTuple):
+    """What :func:`sync` did: writes ``sent``, writes still ``waiting`` for an unreachable server."""
+
+    sent: int
+    waiting: int
 
 
-def sync(client: Any, spool: Path) -> tuple[int, int]:
+def sync(client: Any, spool: Path) -> Synced:
     """Send every write waiting in ``spool`` (left by stopped studies), oldest process first.
 
     Returns ``(sent, still_waiting)``; ``still_waiting > 0`` means the server is still away.
-    Each spool file is removed once it is fully sent.
+    Each spool file is removed once it is fully sent. Raises :class:`SyncError` when nothing
+    waits any more but some writes could not be sent (now or by an earlier sync): they are kept
+    in the spool's ``failed-*.jsonl`` with the reason; a caller must never report success then.
+    Call :func:`hpo.spool.resolve_target` first: ``client`` must talk to the spool's store.
     """
     sent = 0
     files = sorted(spool.glob("ops-*.jsonl"), key=lambda f: (not f.name.startswith("ops-d-"), f.stat().st_mtime)) \
@@ -350,11 +406,14 @@ def sync(client: Any, spool: Path) -> tuple[int, int]:
         done = ob.flush(force=True, final=True)
         sent += ob.sent_late
         if not done:
-            return sent, waiting(spool)
+            return Synced(sent, waiting(spool))
     files_dir = spool / "files"
     if files_dir.is_dir() and not any(files_dir.iterdir()):
         files_dir.rmdir()
-    return sent, 0
+    failed = failed_writes(spool)
+    if failed:
+        raise SyncError(failed_message(failed, spool, getattr(client, "tracking_uri", "") or "", sent))
+    return Synced(sent, 0)
 
 
 def apply_http_defaults(uri: str) -> None:

@@ -165,6 +165,10 @@ def _run_with_outage(cwd: Path, relay: Relay, name: str, *, n: int, grace: float
     return proc.returncode, out, spec
 
 
+def _waiting(spool: Path) -> int:
+    return sum(len(f.read_text().splitlines()) for f in spool.glob("ops-*.jsonl"))
+
+
 def _runs(url: str, name: str):
     from mlflow import MlflowClient
 
@@ -197,40 +201,56 @@ def test_a_short_outage_loses_nothing(server, tmp_path):
     assert not list((tmp_path / "mlruns" / ".outbox").glob(f"{name}/ops-*.jsonl"))
 
 
+def _sync(cwd: Path, name: str, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpo", "sync", name, *flags], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+
+
 def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(server, tmp_path):
-    """The server stays away past tracking.outage_timeout: exit 75 with Optuna holding the finished
-    trials; `hpo sync` sends the waiting writes; `--resume` ends with exactly n_trials, one parent."""
+    """The spec's tracking.uri (no flag) is a server that stays away past tracking.outage_timeout:
+    exit 75 with the URI in the hint; `hpo sync NAME` (no flag) sends the spool to that server,
+    not to a local store, and refuses another URI; `--resume` ends with one child run per Optuna
+    trial, none RUNNING, exactly n_trials finished, curves on every finished child."""
+    import optuna
+
     relay = Relay(int(server.rsplit(":", 1)[1]))
-    name = "outage-long"
-    returncode, out, spec = _run_with_outage(tmp_path, relay, name, n=5, grace=4, down_for=None)
+    name, n = "outage-long", 5
+    returncode, out, spec = _run_with_outage(tmp_path, relay, name, n=n, grace=4, down_for=None)
     assert returncode == 75, out
-    assert f"hpo sync {name}" in out and "--resume" in out, out
+    hint = " ".join(out.split())  # the console wraps long lines
+    assert f"hpo sync {name} --tracking-uri {relay.url}," in hint and "--resume" in hint, out
     assert "Traceback" not in out
-    finished = _finished(tmp_path, name)
-    assert finished >= 1
+    assert _finished(tmp_path, name) >= 1
     spool = tmp_path / "mlruns" / ".outbox" / name
     pending = [json.loads(line) for f in spool.glob("ops-*.jsonl") for line in f.read_text().splitlines()]
     assert pending and any(op["op"] == "set_terminated" for op in pending)
 
-    # still down: sync says so and keeps everything
-    sync = subprocess.run([sys.executable, "-m", "hpo", "sync", name, "--tracking-uri", relay.url], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert sync.returncode == 2 and "not reachable" in sync.stderr, sync.stderr
-    assert list(spool.glob("ops-*.jsonl"))
+    # still down: sync (to the spool's own URI, given or not) says so and keeps everything
+    for flags in ((), ("--tracking-uri", relay.url)):
+        sync = _sync(tmp_path, name, *flags)
+        assert sync.returncode == 2 and "not reachable" in sync.stderr and relay.url in sync.stderr, \
+            sync.stdout + sync.stderr
+        assert list(spool.glob("ops-*.jsonl"))
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
     relay.restore()
     try:
-        sync = subprocess.run([sys.executable, "-m", "hpo", "sync", name, "--tracking-uri", relay.url], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        # another URI than the one the writes were made for (here: the same server by another port): refused
+        wrong = _sync(tmp_path, name, "--tracking-uri", server)
+        assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+        assert relay.url in wrong.stderr and server in wrong.stderr and "--force-target" in wrong.stderr
+        assert "Traceback" not in wrong.stderr and list(spool.glob("ops-*.jsonl"))
+        assert _waiting(spool) == len(pending)  # nothing was sent
+
+        sync = _sync(tmp_path, name)
         assert sync.returncode == 0, sync.stdout + sync.stderr
-        assert "sent" in sync.stdout
-        assert not list(spool.glob("ops-*.jsonl"))
+        assert "sent" in sync.stdout and relay.url in sync.stdout
+        assert not list(spool.glob("ops-*.jsonl")) and not list(spool.glob("failed-*.jsonl"))
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing sent to (or created in) a local store
         client, parents, children = _runs(server, name)
         assert len(parents) == 1 and parents[0].info.status == "KILLED"
         by_trial = {int(r.data.tags["hpo.trial"]): r for r in children}
         # every trial Optuna finished has its MLflow run, closed, with its CV result
-        import optuna
-
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
         for t in study.trials:
             assert t.number in by_trial, t.number
@@ -241,13 +261,37 @@ def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(ser
         resumed = subprocess.run([sys.executable, "-m", "hpo", "run", str(spec), "--resume"], cwd=tmp_path,
                                  capture_output=True, text=True, timeout=600)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        client, parents, children = _runs(server, name)
-        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-        assert not [r for r in children if r.info.status == "RUNNING"]
-        states = [r.data.tags["hpo.state"] for r in children]
-        assert sum(s in ("complete", "pruned", "failed") for s in states) == 5, states
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+        _assert_one_closed_child_per_trial(server, tmp_path, name, n)
     finally:
         relay.cut()
+
+
+def _assert_one_closed_child_per_trial(server: str, cwd: Path, name: str, n: int) -> None:
+    """The MLflow layout a finished study must have on ``server``: one parent FINISHED; one child per
+    Optuna trial, closed as the trial ended (interrupted ones KILLED); n finished; curves on each."""
+    import optuna
+
+    client, parents, children = _runs(server, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}")
+    numbers = sorted(int(r.data.tags["hpo.trial"]) for r in children)
+    assert numbers == [t.number for t in study.trials], (numbers, [t.number for t in study.trials])
+    by_trial = {int(r.data.tags["hpo.trial"]): r for r in children}
+    want = {optuna.trial.TrialState.COMPLETE: {"FINISHED"}, optuna.trial.TrialState.PRUNED: {"FINISHED"},
+            optuna.trial.TrialState.FAIL: {"FAILED", "KILLED"}}
+    finished = 0
+    for t in study.trials:
+        run = by_trial[t.number]
+        interrupted = bool(t.user_attrs.get("hpo.interrupted"))
+        assert run.info.status in ({"KILLED"} if interrupted else want[t.state]), (t.number, t.state, run.info.status)
+        if interrupted:
+            continue
+        finished += 1
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert run.data.metrics["cv_accuracy_mean"] == pytest.approx(t.value)
+            assert client.get_metric_history(run.info.run_id, "val_accuracy"), t.number  # its curve arrived
+    assert finished == n
 
 
 def test_outage_detection_on_a_real_refused_connection(tmp_path):
