@@ -48,14 +48,21 @@ def main(args: argparse.Namespace) -> int:
                  executor=args.executor, address=args.address, resume=args.resume, progress=StudyProgress(per_trial_lines=not args.quiet))
     console.print(summary_table(result))
     if result.tracking_lost:
+        import shlex
+
+        from rich.markup import escape
+
         from hpo.cli.sync import EXIT_STILL_WAITING
         from hpo.tracking import redact
 
+        # always the URI, wherever it came from (spec or flag): sync must send to the study's store
+        shown = redact(result.tracking_uri)
+        secret = " (put the real password in place of ***)" if shown != result.tracking_uri else ""
         waiting = (f"{result.tracking_waiting} MLflow writes wait in {result.spool}; once it answers, send them with "
-                   f"hpo sync {spec.name}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
-                   + ", then " if result.tracking_waiting else "once it answers, ")
-        console.print(f"[red]stopped[/]: the tracking server {redact(result.tracking_uri)} did not answer. Finished "
-                      f"trials are saved in Optuna's storage; {waiting}continue with: hpo run {args.spec} --resume")
+                   f"hpo sync {shlex.quote(spec.name)} --tracking-uri {shlex.quote(shown)}{secret}, then "
+                   if result.tracking_waiting else "once it answers, ")
+        console.print(f"[red]stopped[/]: the tracking server {escape(shown)} did not answer. Finished trials are saved "
+                      f"in Optuna's storage; {escape(waiting)}continue with: hpo run {args.spec} --resume")
         return EXIT_STILL_WAITING
     if result.interrupted:
         console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: "
