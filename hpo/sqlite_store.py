@@ -1,7 +1,12 @@
 """The embedded default store: MLflow's and Optuna's sqlite files, made fast and safe to share.
 
-Three things, all for sqlite URIs only (a tracking server or PostgreSQL is left alone):
+Four things, all for sqlite URIs only (a tracking server or PostgreSQL is left alone):
 
+- :func:`check_store`: a writer refuses a store it may not write, and everyone refuses a
+  damaged one (an empty file, a wrong header, a truncated file, a failed ``quick_check``, missing
+  tables), with :class:`StoreError` naming the file, before anything is written;
+  :func:`store_lock`, :func:`use_wal` and the tracker call it. :func:`read_only_uri` is how
+  readers (``hpo show``, ``compare``) open a store: read-only, creating no file beside it.
 - :func:`store_lock`: an exclusive file lock on the store's folder, so two ``hpo run``
   started at once on a new store do not race through schema migrations or both create
   the same study.
@@ -25,15 +30,32 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
+
+from hpo.errors import TrackingError
 
 log = logging.getLogger("hpo")
 
 _WAL_FILES: set[str] = set()
 _LISTENING = False
+# (file, mtime_ns, size, tables) already found whole: a store is checked once per change, not per opener
+_WHOLE: set[tuple[str, int, int, tuple[str, ...]]] = set()
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: tables a store must have for a reader to trust it (a writer creates what is missing in a new file)
+TABLES = {"mlflow": ("experiments", "runs", "alembic_version"),
+          "optuna": ("studies", "trials", "version_info", "alembic_version")}
+#: quick_check reads every page (~3 ms per MB); bigger files get the header, size and table checks only
+QUICK_CHECK_MAX_BYTES = 256 * 2**20
+
+
+class StoreError(TrackingError):
+    """A sqlite store hpo cannot use: damaged, missing where one is expected, or not writable (exit 2)."""
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -43,15 +65,158 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
+def _sidecars(db: Path) -> list[Path]:
+    return [db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal")]
+
+
+def _file_uri(db: Path) -> str:
+    """A sqlite URI filename that opens ``db`` read-only and creates nothing beside it.
+
+    ``immutable=1`` (no locks, no ``-shm``) where no ``-wal`` / ``-journal`` shows a writer at work,
+    so a folder the user may not write is no obstacle; else ``mode=ro``, which reads the writer's
+    journal (sqlite needs the ``-shm`` then, and makes it if it can).
+    """
+    live = any(p.exists() for p in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-journal")))
+    return f"file:{quote(str(db.absolute()), safe='/')}?{'mode=ro' if live else 'immutable=1'}"
+
+
+def read_only_uri(uri: str) -> str:
+    """The SQLAlchemy URL that opens the sqlite database of ``uri`` read-only (other URIs: ``uri`` itself).
+
+    For readers (``hpo show``, ``hpo compare``): nothing can be written, migrated or created
+    through it, and it works on a store the user may only read. MLflow's and Optuna's
+    SQLAlchemy engines both take it.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return uri
+    name, query = _file_uri(db).split("?")
+    # SQLAlchemy decodes the path once and sqlite once more: a '#', '?' or '%' in it stays itself
+    return f"sqlite:///{quote(name, safe='/:')}?{query}&uri=true"
+
+
+def _damage(db: Path, tables: tuple[str, ...]) -> str | None:
+    """Why the sqlite file ``db`` cannot be trusted, or None when it looks whole."""
+    st = db.stat()
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_size == 0:
+        return "the file is empty"
+    key = (os.path.realpath(db), st.st_mtime_ns, st.st_size, tables)
+    if key in _WHOLE:
+        return None
+    with open(db, "rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or not head.startswith(SQLITE_HEADER):
+        return "it is not an SQLite database: its header is wrong"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    wal = db.with_name(db.name + "-wal")
+    # the header's page count is valid when its change counter matches (sqlite >= 3.7); a live WAL
+    # may hold pages the main file has not got yet
+    if (pages and head[24:28] == head[92:96] and not (wal.exists() and wal.stat().st_size)
+            and st.st_size < pages * page_size):
+        return f"it is truncated: {st.st_size} of {pages * page_size} bytes"
+    try:
+        con = sqlite3.connect(_file_uri(db), uri=True)
+        try:
+            if st.st_size <= QUICK_CHECK_MAX_BYTES:
+                rows = [r[0] for r in con.execute("PRAGMA quick_check(3)").fetchall()]
+                if rows != ["ok"]:
+                    return "quick_check: " + "; ".join(rows)
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return f"sqlite: {exc}"
+    missing = [t for t in tables if t not in names]
+    if missing:
+        return f"it has no {', '.join(missing)} table{'s' if len(missing) > 1 else ''}"
+    _WHOLE.add(key)
+    return None
+
+
+def _check_writable(db: Path) -> None:
+    """StoreError unless this process may create or write ``db``, its lock and its journals."""
+    folder = db.parent
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the folder is yet to be made: its nearest existing ancestor must be writable
+    where = "--tracking-uri (or the spec's tracking.uri / tracking.storage)"
+    if not probe.is_dir():
+        raise StoreError(f"cannot make the store folder {folder}: {probe} is a file, not a folder; "
+                         f"pass a {where} naming a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        made = "" if probe == folder else f" (to make {folder})"
+        raise StoreError(f"cannot write to the store folder {probe}{made}: permission denied. hpo keeps {db.name}, "
+                         f"its journal and a lock file there; make it writable (chmod u+w {probe}) or pass a "
+                         f"{where} naming a folder you can write")
+    for f in (db, *_sidecars(db), folder / ".hpo.lock"):
+        if f.exists() and not os.access(f, os.W_OK):
+            raise StoreError(f"the store file {f} is read-only: permission denied. Make it writable "
+                             f"(chmod u+w {f}) or pass a {where} naming a store you can write")
+
+
+def damaged_message(db: Path, why: str) -> str:
+    """The one message for a damaged store file: what is wrong and how to get back."""
+    extra = ""
+    if why == "the file is empty":
+        extra = ", or delete it if nothing was stored in it yet"
+    elif why.startswith(("it is truncated", "quick_check", "sqlite:")):  # pages are there to be read
+        extra = f" (sqlite3 {db} .recover | sqlite3 NEW.db salvages what is left)"
+    return f"the store at {db} is damaged ({why}); restore it from a backup{extra}"
+
+
+def check_store(uri: str, *, write: bool, kind: str | None = None) -> None:
+    """Refuse a sqlite store hpo must not use, before anything reads or writes it (no-op for other URIs).
+
+    ``write``: this process will write it, so its folder (or the nearest existing ancestor of a folder
+    yet to be made), the database file, its journals and the lock must be writable; a missing file
+    is fine (it will be created). A reader (``write=False``) needs the file to exist. Both refuse
+    a damaged file: empty, not SQLite, truncated, failing ``PRAGMA quick_check``, or (``kind``
+    ``"mlflow"`` / ``"optuna"``, readers only) without that library's tables. Creates nothing.
+
+    Raises :class:`StoreError` with the path and what to do.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    if write:
+        _check_writable(db)
+    if not (db.exists() or db.is_symlink()):
+        if not write:
+            raise StoreError(f"no store at {db}: run a study with `hpo run SPEC`, or pass the --tracking-uri "
+                             "the study ran with")
+        return
+    try:
+        why = _damage(db, TABLES.get(kind, ()) if not write else ())
+    except OSError as exc:  # a dangling link, or a file the user may not read
+        raise StoreError(f"cannot read the store at {db} ({exc.strerror or exc}); check that it exists and "
+                         "that you may read it") from None
+    if why:
+        raise StoreError(damaged_message(db, why))
+
+
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on a sqlite store's folder (no-op for servers)."""
+    """Hold an exclusive lock on a sqlite store's folder (no-op for servers).
+
+    Refuses first (:func:`check_store`) a store this process may not write, or a damaged one.
+    """
     db = sqlite_path(uri)
     if db is None:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".hpo.lock", "a") as fh:
+    check_store(uri, write=True)
+    lock = db.parent / ".hpo.lock"
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")
+    except OSError as exc:  # checked above; a race or a filesystem that says no on its own
+        raise StoreError(f"cannot create the lock file {lock} ({exc.strerror or exc}); make {db.parent} "
+                         "writable or pass another --tracking-uri") from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -72,12 +237,21 @@ def _on_connect(dbapi_connection, _record) -> None:
 
 
 def use_wal(uri: str) -> None:
-    """Open every later connection to the sqlite database of ``uri`` in WAL mode (no-op for other URIs)."""
+    """Open every later connection to the sqlite database of ``uri`` in WAL mode (no-op for other URIs).
+
+    For writers: refuses first (:class:`StoreError`, :func:`check_store`) a file this process may not
+    write, or a damaged one.
+    """
     global _LISTENING
     db = sqlite_path(uri)
     if db is None:
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
+    check_store(uri, write=True)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot make the store folder {db.parent} ({exc.strerror or exc}); pass another "
+                         "--tracking-uri") from None
     _WAL_FILES.add(os.path.realpath(db))
     if not _LISTENING:
         from sqlalchemy import event
@@ -119,7 +293,8 @@ def _mlflow_template() -> Path | None:
 def seed_mlflow_db(uri: str) -> None:
     """Create the sqlite database of a new MLflow store from the template (no-op if it exists).
 
-    Call it under :func:`store_lock`; other URIs are left alone.
+    Call it under :func:`store_lock`; other URIs are left alone. Raises :class:`StoreError` when the
+    folder cannot be written.
     """
     db = sqlite_path(uri)
     if db is None or db.exists():
@@ -127,7 +302,12 @@ def seed_mlflow_db(uri: str) -> None:
     template = _mlflow_template()
     if template is None:
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
     partial = db.with_name(db.name + ".seeding")
-    shutil.copyfile(template, partial)
-    os.replace(partial, db)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, partial)
+        os.replace(partial, db)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"cannot create the store {db} ({exc.strerror or exc}); make {db.parent} writable or "
+                         "pass another --tracking-uri") from None

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
-from hpo.sqlite_store import seed_mlflow_db, sqlite_path, store_lock, use_wal  # noqa: F401 (re-exported)
+from hpo.sqlite_store import check_store, seed_mlflow_db, sqlite_path, store_lock, use_wal  # noqa: F401 (re-exported)
 
 STUDY_TAG = "hpo.study"
 ROLE_TAG = "hpo.role"  # "study" on the parent run, "trial" on child runs
@@ -49,6 +49,7 @@ class Tracker:
         self.uri = uri
         db = sqlite_path(uri)
         if db is not None:
+            check_store(uri, write=True)  # a read-only or damaged sqlite store: one clear error, nothing written
             seed_mlflow_db(uri)
             use_wal(uri)
         apply_http_defaults(uri)

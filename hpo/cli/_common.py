@@ -13,24 +13,70 @@ def add_tracking_uri(p: argparse.ArgumentParser) -> None:
                    help=f"MLflow tracking store (default: the spec's tracking.uri, else {DEFAULT_TRACKING_URI})")
 
 
-def open_study(name: str, tracking_uri: str | None):
-    """Load the Optuna study ``name`` stored next to ``tracking_uri``; HpoError if there is none."""
+def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
+    """Load the Optuna study ``name`` stored next to ``tracking_uri``; HpoError if there is none.
+
+    Both sqlite stores (``optuna.db`` and, when present, ``mlflow.db``) are checked first and a
+    damaged one is refused (:class:`~hpo.sqlite_store.StoreError`). The study is opened read-only
+    (nothing is created, migrated or written, and a store the user may only read works), unless
+    ``write`` and the user may write it.
+    """
     import optuna
 
     from hpo.errors import HpoError
+    from hpo.sqlite_store import StoreError, check_store, read_only_uri
     from hpo.tracking import optuna_storage_for, sqlite_path
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     storage = optuna_storage_for(uri)
     db = sqlite_path(storage)
-    if db is not None and not db.exists():
+    if db is not None and not (db.exists() or db.is_symlink()):
         raise HpoError(f"no studies in {storage}: run one with `hpo run SPEC` or pass --tracking-uri")
+    check_store(storage, write=False, kind="optuna")
+    mlflow_db = sqlite_path(uri)
+    if mlflow_db is not None and mlflow_db.exists():
+        check_store(uri, write=False, kind="mlflow")
+    if write:
+        try:
+            check_store(storage, write=True)
+        except StoreError:  # a writer that may not write Optuna's file only skips what it would set there
+            write = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = optuna.get_all_study_names(storage)
-    if name not in names:
-        import difflib
+    try:
+        rdb = optuna.storages.RDBStorage(storage if write else read_only_uri(storage), skip_table_creation=True)
+        names = optuna.get_all_study_names(rdb)
+        if name in names:
+            return optuna.load_study(study_name=name, storage=rdb)
+    except Exception as exc:  # checked whole above: what is left is access or a schema from another Optuna
+        raise StoreError(f"cannot read the Optuna store at {db or storage} ({_first_line(exc)}); check that you may "
+                         "read it and its folder") from None
+    import difflib
 
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise HpoError(f"no study named {name!r} in {storage}{hint}; studies there: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise HpoError(f"no study named {name!r} in {storage}{hint}; studies there: {', '.join(names) or 'none'}")
+
+
+def mlflow_client(tracking_uri: str | None, *, write: bool = False):
+    """An :class:`mlflow.MlflowClient` for ``tracking_uri`` (default: the local store).
+
+    A sqlite store must exist and be whole (:class:`~hpo.sqlite_store.StoreError` otherwise: a
+    reader never creates or migrates one); the client opens it read-only unless ``write``, which
+    the caller has checked (:func:`~hpo.sqlite_store.check_store`) it may.
+    """
+    from mlflow import MlflowClient
+
+    from hpo.sqlite_store import check_store, read_only_uri, sqlite_path
+
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    if sqlite_path(uri) is not None:
+        check_store(uri, write=False, kind="mlflow")
+        if not write:
+            uri = read_only_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message without SQLAlchemy's statement and links."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -49,6 +49,7 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
     best_params, settings (dataset, model, sampler, pruner, folds, seed from the parent run),
     importances, parent_run_id, status.
     """
+    from hpo.cli._common import mlflow_client
     from hpo.cli.show import trial_rows
 
     study = open_study(name, tracking_uri)
@@ -62,13 +63,10 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
     run = None
     run_id = study.user_attrs.get("mlflow.parent_run_id")
     if run_id:
+        client = mlflow_client(tracking_uri)  # read-only; a missing or damaged store is an error, not a blank column
         try:
-            from mlflow import MlflowClient
-
-            from hpo.spec import DEFAULT_TRACKING_URI
-
-            run = MlflowClient(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI).get_run(run_id)
-        except Exception:
+            run = client.get_run(run_id)
+        except Exception:  # the parent run was deleted: the Optuna side still compares
             run = None
     params = run.data.params if run is not None else {}
     metrics = run.data.metrics if run is not None else {}

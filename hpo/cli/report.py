@@ -74,27 +74,54 @@ def _model_and_data(spec: Any, run_id: str, uri: str) -> tuple[Any, Any]:
     return model, dataset
 
 
+def _check_artifacts_writable(artifact_uri: str, name: str) -> None:
+    """StoreError when the parent run's artifacts live in a local folder this user may not write."""
+    import os
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    from hpo.sqlite_store import StoreError
+
+    parsed = urlparse(artifact_uri or "")
+    if parsed.scheme not in ("", "file"):
+        return
+    probe = Path(unquote(parsed.path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # report/ and the run's folder may not exist yet
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StoreError(f"hpo report writes its plots into {probe} (the artifacts of {name!r}'s parent run), "
+                         f"and that folder is not writable: permission denied. Make it writable (chmod u+w {probe}) "
+                         f"or run hpo report as a user who may write it; `hpo show {name}` only reads")
+
+
 def main(args: argparse.Namespace) -> int:
     """Rebuild the report and print what was written."""
-    from mlflow import MlflowClient
-
+    from hpo.cli._common import mlflow_client
     from hpo.errors import HpoError, TrackingError
     from hpo.metrics import METRICS
     from hpo.report import REPORT_DIR, write_report
     from hpo.spec import DEFAULT_TRACKING_URI
+    from hpo.sqlite_store import StoreError, check_store
 
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
-    study = open_study(args.name, uri)
+    study = open_study(args.name, uri, write=True)
     run_id = study.user_attrs.get("mlflow.parent_run_id")
     if not run_id:
         raise HpoError(f"study {args.name!r} has no MLflow parent run recorded (user attr mlflow.parent_run_id); "
                        "was it created by `hpo run`?")
-    client = MlflowClient(tracking_uri=uri)
+    check_store(uri, write=False, kind="mlflow")  # a missing or damaged store: its own message
+    try:
+        check_store(uri, write=True)
+    except StoreError as exc:
+        raise StoreError(f"hpo report draws its plots onto the study's parent run, so it must write the store: "
+                         f"{exc}. `hpo show {args.name}` and `hpo compare` only read") from None
+    client = mlflow_client(uri, write=True)
     try:
         run = client.get_run(run_id)
     except Exception as exc:
         raise TrackingError(f"cannot read the parent run {run_id} of {args.name!r} from {uri}: {exc}; "
                             "pass the --tracking-uri the study was run with") from None
+    _check_artifacts_writable(run.info.artifact_uri, args.name)
     spec = _spec_of(client, run_id)
     metric = run.data.params.get("metric") or (spec.metric if spec is not None else None)
     if metric not in METRICS:

@@ -97,13 +97,12 @@ def study_metric(study: Any, tracking_uri: str | None) -> str | None:
     run_id = study.user_attrs.get("mlflow.parent_run_id")
     if not run_id:
         return None
+    from hpo.cli._common import mlflow_client
+
     try:
-        from mlflow import MlflowClient
-
-        from hpo.spec import DEFAULT_TRACKING_URI
-
-        return MlflowClient(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI).get_run(run_id).data.params.get("metric")
-    except Exception:
+        # read-only: `hpo show` works on a store the user may only read, and never creates one
+        return mlflow_client(tracking_uri).get_run(run_id).data.params.get("metric")
+    except Exception:  # no MLflow store beside the study, or the run is gone: the table says "value"
         return None
 
 
