@@ -111,11 +111,12 @@ def resolve_target(spool: Path, given: str | None, *, force: bool = False, given
         return target.uri
     if target is None or force or target.matches(given):
         return given
-    differ = " (they differ in the password)" if redact(canonical_uri(given)) == target.uri else ""
-    raise TrackingError(f"the writes waiting in {spool} were made for {target.uri}, not {redact(given)} "
-                        f"({given_as}){differ}: their run ids only exist there. Send them there "
-                        f"({command} --tracking-uri '{target.uri}'), or, only if {redact(given)} is that same "
-                        f"store under another address or password, add --force-target to {command}")
+    shown = redact(canonical_uri(given))
+    differ = " (they differ in the password)" if shown == target.uri else ""
+    raise TrackingError(f"the writes waiting in {spool} were made for {target.uri}, not {shown} ({given_as}){differ}: "
+                        f"their run ids only exist there. Send them there ({command} --tracking-uri "
+                        f"'{target.uri}'), or, only if {shown} is that same store under another address or "
+                        f"password, add --force-target to {command}")
 
 
 def check_target_store(uri: str) -> None:
