@@ -333,3 +333,72 @@ def test_hpo_submit_refuses_a_link_outside_before_contacting_the_cluster(tmp_pat
     assert f"data/cifar-10-batches-py/key is a symbolic link to {secret}" in proc.stderr
     assert "data/cifar-10-batches-py/dangling is a symbolic link to" in proc.stderr
     assert "Ray Jobs API" not in proc.stderr
+
+
+# ---------------------------------------------------------------- a real MLflow server behind basic auth
+
+
+class _AuthProxy(http.server.BaseHTTPRequestHandler):
+    """A reverse proxy with basic auth in front of an MLflow server (as nginx would be): every path,
+    ``/health`` too, needs the credentials; the request then goes on to ``upstream`` unchanged."""
+
+    upstream = ""
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Authorization") != _BasicAuth.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "connection")}
+        req = urllib.request.Request(self.upstream + self.path, data=body if body else None, method=self.command,
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                status, out, items = resp.status, resp.read(), resp.headers.items()
+        except urllib.error.HTTPError as exc:
+            status, out, items = exc.code, exc.read(), exc.headers.items()
+        self.send_response(status)
+        for k, v in items:
+            if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_hpo_run_against_mlflow_behind_basic_auth(tmp_path):
+    """The whole study with the credentials in the URL, as MLflow itself takes them (the reachability
+    check used to refuse such a URL), and no output showing the password."""
+    from tests._services import mlflow_server
+
+    (tmp_path / "spec.yaml").write_text(IRIS.format(name="behind-auth", tracking=""))
+    with mlflow_server(f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}", tmp_path / "server" / "artifacts") as url:
+        _AuthProxy.upstream = url
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthProxy)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            port = proxy.server_address[1]
+            uri = f"http://{USER}:{QUOTED}@127.0.0.1:{port}"
+            proc = run_cli("run", "spec.yaml", "--tracking-uri", uri, "--quiet", cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert QUOTED not in proc.stdout + proc.stderr
+            runs = MlflowClient(url).search_runs([MlflowClient(url).get_experiment_by_name("behind-auth").experiment_id])
+            assert {r.data.tags.get("hpo.role") for r in runs} == {"study", "trial"}
+            assert all(r.info.status == "FINISHED" for r in runs)
+        finally:
+            proxy.shutdown()
+            proxy.server_close()

@@ -1,8 +1,9 @@
 """``hpo`` command line: one module per command; this module only dispatches and formats errors.
 
 Errors hpo knows about print as one message and exit with code 2; set ``HPO_DEBUG=1`` to see
-the traceback as well. Every error message and every log record of the process goes through
-:func:`hpo.redact.redact` first, so no error path prints a password.
+the traceback as well. Every error message, every log record and every write to stdout and
+stderr of the process goes through :func:`hpo.redact.redact` first, so no path prints a password
+(MLflow itself prints run links that carry the tracking URI's userinfo).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from hpo.cli import cancel as cancel_cmd
 from hpo.cli import compare as compare_cmd
@@ -80,13 +82,41 @@ def _redact_log_records() -> None:
     logging.setLogRecordFactory(factory)
 
 
+class _RedactingStream:
+    """A text stream (stdout, stderr) that hides passwords in every write; all else is the stream's own.
+
+    MLflow writes "View run NAME at: URI/#/..." straight to stdout when a run ends, with the
+    tracking URI's userinfo in it; no logging setting reaches that.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from hpo.redact import redact
+
+        self._stream.write(redact(text))
+        return len(text)  # what the caller wrote, as a stream reports it
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding: rich and others ask
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _redact_log_records()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if isinstance(s, _RedactingStream) else _RedactingStream(s) for s in streams)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
     from hpo.errors import HpoError
     from hpo.redact import redact
-
-    _redact_log_records()
 
     try:
         return int(args._handler(args) or 0)
