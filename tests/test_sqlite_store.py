@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from hpo.sqlite_store import seed_mlflow_db, use_wal
@@ -72,3 +73,113 @@ def test_seeding_copies_a_migrated_database_without_experiments(tmp_path):
         assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     finally:
         con.close()
+
+
+# ------------------------------------------------------------------ damaged stores, read-only opening
+
+def _make_db(db: Path, tables: tuple[str, ...] = ("studies", "trials", "version_info", "alembic_version"),
+             rows: int = 200) -> None:
+    """A real sqlite file of several pages with the given tables."""
+    con = sqlite3.connect(db)
+    for t in tables:
+        con.execute(f"CREATE TABLE {t} (x BLOB)")
+        con.executemany(f"INSERT INTO {t} VALUES (?)", [(bytes(100),)] * rows)
+    con.commit()
+    con.close()
+
+
+def _refusal(uri: str, **kw) -> str:
+    from hpo.sqlite_store import StoreError, check_store
+
+    with pytest.raises(StoreError) as info:
+        check_store(uri, **kw)
+    return str(info.value)
+
+
+def test_check_store_names_each_kind_of_damage(tmp_path):
+    from hpo.sqlite_store import check_store
+
+    db = tmp_path / "optuna.db"
+    uri = f"sqlite:///{db}"
+    _make_db(db)
+    check_store(uri, write=False, kind="optuna")  # whole
+    check_store(uri, write=True)
+    good = db.read_bytes()
+
+    db.write_bytes(good[: len(good) // 2])
+    assert _refusal(uri, write=False) == (
+        f"the store at {db} is damaged (it is truncated: {len(good) // 2} of {len(good)} bytes); restore it from "
+        f"a backup (sqlite3 {db} .recover | sqlite3 NEW.db salvages what is left)")
+    db.write_bytes(b"")
+    assert "(the file is empty)" in _refusal(uri, write=True)
+    db.write_bytes(b"x" * len(good))
+    assert "(it is not an SQLite database: its header is wrong)" in _refusal(uri, write=False)
+    page = int.from_bytes(good[16:18], "big")
+    db.write_bytes(good[:page] + bytes(3 * page) + good[4 * page:])  # header and size intact
+    assert "quick_check" in _refusal(uri, write=False)
+    db.unlink()
+    assert f"no store at {db}" in _refusal(uri, write=False)
+    check_store(uri, write=True)  # a writer makes a new one
+    _make_db(db, tables=("studies",))
+    assert "(it has no trials, version_info, alembic_version tables)" in _refusal(uri, write=False, kind="optuna")
+
+
+def test_a_live_wal_store_is_whole_and_readable_read_only(tmp_path):
+    """While a study runs, its newest rows sit in the -wal file: the check and readers see them."""
+    from sqlalchemy import create_engine, text
+
+    from hpo.sqlite_store import check_store, read_only_uri
+
+    db = tmp_path / "optuna.db"
+    writer = sqlite3.connect(db)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # keep every page in the WAL, as mid-study
+    try:
+        for t in ("studies", "trials", "version_info", "alembic_version"):
+            writer.execute(f"CREATE TABLE {t} (x)")
+        writer.execute("INSERT INTO trials VALUES (1)")
+        writer.commit()
+        uri = f"sqlite:///{db}"
+        check_store(uri, write=False, kind="optuna")
+        engine = create_engine(read_only_uri(uri))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM trials")).scalar() == 1
+        engine.dispose()
+    finally:
+        writer.close()
+
+
+def test_read_only_uri_opens_that_file_and_cannot_write_it(tmp_path):
+    from sqlalchemy import create_engine, exc, text
+
+    from hpo.sqlite_store import read_only_uri
+
+    folder = tmp_path / "odd name#1%20?x"  # characters SQLAlchemy and sqlite URIs both give meanings to
+    folder.mkdir()
+    db = folder / "mlflow.db"
+    _make_db(db, tables=("runs",), rows=3)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    engine = create_engine(read_only_uri(f"sqlite:///{db}"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 3
+        with pytest.raises(exc.OperationalError, match="readonly"):
+            conn.execute(text("INSERT INTO runs VALUES (1)"))
+    engine.dispose()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no -shm, -wal or stray file made
+    assert read_only_uri("http://host:5000") == "http://host:5000"
+
+
+def test_writers_refuse_a_damaged_store_before_taking_the_lock(tmp_path):
+    from hpo.sqlite_store import StoreError, store_lock
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(b"")
+    with pytest.raises(StoreError, match="is damaged"), store_lock(f"sqlite:///{db}"):
+        pass
+    with pytest.raises(StoreError, match="is damaged"):
+        use_wal(f"sqlite:///{db}")
+    with pytest.raises(StoreError, match="is damaged"):
+        Tracker(f"sqlite:///{db}", "exp", "study")
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]  # no lock, no journal
+    assert db.stat().st_size == 0
