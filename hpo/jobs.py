@@ -140,10 +140,11 @@ def check_tracking_uri(uri: str) -> None:
         raise HpoError(f"--tracking-uri {redact(uri)}: use an MLflow tracking server (http://host:5000) for a cluster")
     try:
         check_reachable(uri)
-    except HpoError:
+    except HpoError as exc:
         # the URI is used inside the cluster (e.g. http://mlflow:5000), which may not resolve here;
-        # the job checks it again before its first trial
-        print(f"note: {redact(uri)} does not answer from this machine; the job checks it from the cluster", file=sys.stderr)
+        # the job checks it again before its first trial. The reason is shown: refused credentials are
+        # worth fixing before the job starts
+        print(f"note: from this machine, {exc}; the job checks it again from the cluster", file=sys.stderr)
 
 
 def submit_study(spec_path: str, *, address: str, tracking_uri: str | None = None, n_trials: int | None = None,

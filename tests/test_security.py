@@ -402,3 +402,17 @@ def test_hpo_run_against_mlflow_behind_basic_auth(tmp_path):
         finally:
             proxy.shutdown()
             proxy.server_close()
+
+
+@pytest.mark.slow
+def test_hpo_submit_prints_no_password(tmp_path):
+    from tests._services import free_port
+
+    (tmp_path / "spec.yaml").write_text(IRIS.format(name="submitted", tracking=""))
+    proc = run_cli("submit", "spec.yaml", "--address", "http://admin:hunter2@127.0.0.1:9", "--tracking-uri",
+                   f"http://{USER}:{QUOTED}@127.0.0.1:{free_port()}", cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-2000:]
+    assert f"note: from this machine, the tracking server http://{USER}:***@127.0.0.1" in proc.stderr
+    assert "Ray Jobs API at http://admin:***@127.0.0.1:9" in proc.stderr
+    assert "hunter2" not in out and QUOTED not in out and "Traceback" not in out
