@@ -202,13 +202,15 @@ def check_store(uri: str, *, write: bool, kind: str | None = None) -> None:
 def store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock on a sqlite store's folder (no-op for servers).
 
-    Refuses first (:func:`check_store`) a store this process may not write, or a damaged one.
+    Refuses (:class:`StoreError`, :func:`check_store`) a store this process may not write, then,
+    holding the lock, a damaged one: under the lock because another process may be making the
+    files right now (MLflow's migrations, when there is no template, run in an empty file).
     """
     db = sqlite_path(uri)
     if db is None:
         yield
         return
-    check_store(uri, write=True)
+    _check_writable(db)
     lock = db.parent / ".hpo.lock"
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,7 @@ def store_lock(uri: str) -> Iterator[None]:
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            check_store(uri, write=True)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
