@@ -42,3 +42,13 @@ class TrackingError(HpoError):
 
 class StudyExistsError(HpoError):
     """A study of that name already has trials in the storage."""
+
+
+class RefitError(HpoError):
+    """The search finished but the refit of the best trial, its model logging or the report failed.
+
+    The trials are kept and the study's run ends FAILED; ``hpo run SPEC --resume`` refits again.
+    Exit code 1: the input was fine, the run was not.
+    """
+
+    exit_code = 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import signal
 import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -22,7 +21,17 @@ import numpy as np
 
 from hpo import space
 from hpo.errors import StudyExistsError
+from hpo.interrupts import Interrupted, Interrupts
 from hpo.metrics import METRICS
+from hpo.resume import (
+    KEY_ATTR,
+    METRIC_ATTR,
+    REFIT_ATTR,
+    REPORT_ATTR,
+    check_resume,
+    finished_record,
+    resume_key,
+)
 from hpo.search import make_pruner, make_sampler, open_storage
 from hpo.spec import Spec, load_spec
 from hpo.trial import COMPLETE, FAILED, PRUNED, TrialResult, TrialSpec
@@ -51,14 +60,11 @@ class StudyResult:
     duration_s: float
     trials: list[TrialResult] = field(default_factory=list)
     interrupted: bool = False
+    already_finished: bool = False  # a resumed study that had nothing left to do (nothing was run or written)
     tracking_lost: bool = False  # stopped because the tracking server was gone too long
     tracking_waiting: int = 0  # MLflow writes still waiting in the spool (send them with `hpo sync NAME`)
     spool: str | None = None
     tracking_uri: str = ""
-
-
-class Interrupted(Exception):
-    """The study was stopped by SIGINT/SIGTERM; finished trials are kept."""
 
 
 def _git_commit() -> str | None:
@@ -141,25 +147,27 @@ class StudyRunner:
         self.spec = spec
         self.resume = resume
         self.progress = progress
-        self._stop = False
+        self._stop = False  # no new trials (a signal, lost tracking)
         self._started = 0.0
         self._started_ray = False
+        self.already_finished = False
+        self.results: list[TrialResult] = []
+        self._pending: dict[Future, tuple[Any, str, dict[str, Any]]] = {}  # trials in flight
+        self._launching: tuple[Any, str | None, dict[str, Any] | None] | None = None
 
     # ------------------------------------------------------------------ set-up
 
     def _prepare(self) -> None:
         import optuna
 
-        from hpo.data import load_dataset
+        from hpo.data import load_spec_dataset
         from hpo.folds import make_folds
         from hpo.reporting import EpochSink
         from hpo.tracking import Tracker, check_reachable, optuna_storage_for, store_lock
 
         spec = self.spec
         # data first: a bad dataset is an error before anything is written
-        self.dataset = load_dataset(spec.data.dataset, path=spec.data.path, target=spec.data.target,
-                                    task=spec.data.task, test_size=spec.data.test_size,
-                                    download=spec.data.download, seed=spec.search.seed)
+        self.dataset = load_spec_dataset(spec)
         folds = make_folds(self.dataset.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification",
                           self.dataset.class_names)
         self.device = resolve_device(spec.execution.device)
@@ -178,18 +186,25 @@ class StudyRunner:
                     f"Continue it with: hpo run {spec.path or 'SPEC'} --resume (add --n-trials N to raise the "
                     "budget; two processes with --resume share the work), or give the spec another name"
                 )
+            if summary is not None:  # resuming: the spec must still describe this study
+                check_resume(spec, summary.user_attrs, summary.direction.name.lower())
             conc = spec.execution.max_concurrent_trials
             self.study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
                                              sampler=make_sampler(spec, conc), pruner=make_pruner(spec), load_if_exists=True)
+            if KEY_ATTR not in self.study.user_attrs:
+                self.study.set_user_attr(KEY_ATTR, resume_key(spec))
             self.study.set_user_attr("hpo.spec_hash", spec.spec_hash)
-            self.study.set_user_attr("hpo.metric", spec.metric)
+            self.study.set_user_attr(METRIC_ATTR, spec.metric)
 
             self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name,
                                    outage_timeout=spec.tracking.outage_timeout)
             self._sync_spool()
-            self.parent_id = self.tracker.start_study(
-                spec, _settings(spec), _lineage(spec), reuse=self.resume,
-                parent_id=self.tracker.out.real_id(self.study.user_attrs.get("mlflow.parent_run_id")))
+            known_parent = self.tracker.out.real_id(self.study.user_attrs.get("mlflow.parent_run_id"))
+            if self._is_finished():
+                self.parent_id = known_parent or self.tracker.find_study_run()
+                return
+            self.parent_id = self.tracker.start_study(spec, _settings(spec), _lineage(spec), reuse=self.resume,
+                                                      parent_id=known_parent)
             self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
 
         self.sink = EpochSink(self.tracker.out, self.study, spec.metric)
@@ -248,6 +263,8 @@ class StudyRunner:
                 self.topk.offer(t.value, t.number, run_id)
                 if self.best_value is None or (t.value > self.best_value) == (self.spec.direction == "maximize"):
                     self.best_value, self.best_run = t.value, run_id
+        if self.best_run is not None:  # a crash between tell and the tag move left it elsewhere, or nowhere
+            self.tracker.repair_best(self.best_run)
 
     def _finished_count(self) -> int:
         from optuna.trial import TrialState
@@ -262,17 +279,25 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ the loop
 
-    def _launch(self) -> tuple[Future, Any, str, dict[str, Any]]:
+    def _launch(self) -> Future:
+        """Ask Optuna for a trial, open its run, hand it to the executor; the trial is in ``_pending``
+        (or, while the executor runs it inline, in ``_launching``) until it is told."""
         spec = self.spec
-        trial = self.study.ask()
-        sampled = space.suggest(trial, spec)
-        params = space.resolve(spec, sampled)
-        run_id = self.tracker.start_trial(trial.number, params, sampled)
-        trial.set_user_attr("mlflow.run_id", run_id)
+        with self.interrupts.held():
+            trial = self.study.ask()
+            self._launching = (trial, None, None)
+            sampled = space.suggest(trial, spec)
+            params = space.resolve(spec, sampled)
+            run_id = self.tracker.start_trial(trial.number, params, sampled)
+            self._launching = (trial, run_id, params)
+            trial.set_user_attr("mlflow.run_id", run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
                        direction=spec.direction, seed=spec.search.seed, run_id=run_id)
-        fut = self.executor.submit(ts)
-        return fut, trial, run_id, params
+        fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
+        with self.interrupts.held():
+            self._pending[fut] = self._launching
+            self._launching = None
+        return fut
 
     def _finish(self, result: TrialResult, trial: Any, run_id: str, params: dict[str, Any]) -> None:
         from optuna.trial import TrialState
@@ -301,9 +326,7 @@ class StudyRunner:
             self._keep_checkpoint(result, run_id, params)
             if self.best_value is None or (result.value > self.best_value) == (spec.direction == "maximize") \
                     and result.value != self.best_value:
-                if self.best_run:
-                    self.tracker.out.delete_tag(self.best_run, "best")
-                self.tracker.set_tag(run_id, "best", "true")
+                self.tracker.move_best(self.best_run, run_id)
                 self.best_value, self.best_run = result.value, run_id
         result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
         self.results.append(result)
@@ -331,121 +354,188 @@ class StudyRunner:
             except Exception as exc:  # a checkpoint we cannot delete costs disk, not correctness
                 log.warning("could not delete the checkpoint of run %s: %s", old, exc)
 
-    def _install_signals(self):
-        previous = {}
-
-        def handler(signum, frame):
-            if self._stop:  # second signal: stop now
-                raise KeyboardInterrupt
-            self._stop = True
-            self.executor.stop_trials()
-            if self.progress is not None:
-                self.progress.message("stopping: no new trials; running ones stop after their epoch "
-                                      "(press Ctrl-C again to stop now)")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread (e.g. inside a server): no signal handling
-                pass
-        return previous
+    def _on_signal(self) -> None:
+        """First Ctrl-C / SIGTERM during the search: no new trials; running ones stop after their epoch."""
+        self._stop = True
+        self.executor.stop_trials()
+        if self.progress is not None:
+            self.progress.message("stopping: no new trials; running ones stop after their epoch "
+                                  "(press Ctrl-C again to stop now)")
 
     def run(self, n_trials: int | None = None) -> StudyResult:
-        """Run trials until ``n_trials`` are finished (or the timeout / a signal), then refit and test."""
+        """Run trials until ``n_trials`` are finished (or the timeout / a signal), then refit and test.
+
+        A signal in any phase (set-up, trials, refit, model logging, report) ends the parent run
+        KILLED and returns an interrupted result; ``--resume`` continues from what is stored.
+        """
+        self._started = time.perf_counter()
+        self.target = self._target(n_trials)
+        self.interrupts = Interrupts(on_stop=self._on_signal)
+        self.interrupts.install()
+        try:
+            try:
+                self._prepare()
+                if self.already_finished:
+                    self.interrupts.check()
+                    return self._result(self._refit_record.get("model_uri"), self._refit_record.get("test_metrics", {}))
+                # the set-up's objects (MLflow, SQLAlchemy, Optuna, torch: ~10^6 of them) live to the end: keeping
+                # them out of the garbage collector's full passes saves ~0.2-0.35 s per pass (BENCHMARKS.md);
+                # a caller's own frozen objects (gc.freeze before a fork, say) are left as they are
+                self._froze = gc.get_freeze_count() == 0
+                if self._froze:
+                    gc.freeze()
+                return self._run_phases()
+            except (KeyboardInterrupt, Interrupted):
+                with self.interrupts.closing():
+                    return self._stopped()
+        finally:
+            with self.interrupts.closing():
+                if getattr(self, "_froze", False):
+                    gc.unfreeze()
+                if getattr(self, "executor", None) is not None:
+                    self.executor.close()
+                if self._started_ray:
+                    import ray
+
+                    ray.shutdown()
+            self.interrupts.restore()
+
+    def _run_phases(self) -> StudyResult:
+        """Search, then refit, log and report; each phase is entered only if no signal came before it."""
         from hpo.outbox import is_outage
 
-        self._started = time.perf_counter()
+        self.interrupts.enter("search")
+        lost = self._search()
+        self.interrupts.check()  # a first Ctrl-C during the search: the trials stopped, now the study does
+        if not lost and not self.tracker.out.drain(self._grace_left()):
+            self._lose_tracking()  # the server did not come back before the refit: resume refits later
+            lost = True
+        if lost:
+            self.tracker.end_study("KILLED")
+            return self._settle(self._result(None, {}, interrupted=True))
         try:
-            self._prepare()
-            # the set-up's objects (MLflow, SQLAlchemy, Optuna, torch: ~10^6 of them) live to the end: keeping
-            # them out of the garbage collector's full passes saves ~0.2-0.35 s per pass (BENCHMARKS.md);
-            # a caller's own frozen objects (gc.freeze before a fork, say) are left as they are
-            self._froze = gc.get_freeze_count() == 0
-            if self._froze:
-                gc.freeze()
-            interrupted = self._search(n_trials)
-            if not interrupted and not self.tracker.out.drain(self._grace_left()):
-                self._lose_tracking()  # the server did not come back before the refit: resume refits later
-                interrupted = True
-            if interrupted:
-                self.tracker.end_study("KILLED")
-                return self._settle(self._result(None, {}, interrupted=True))
+            model_uri, test_metrics = self._finale()
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as exc:
+            if not is_outage(exc):
+                self._fail_study(exc)
+            self.tracker.out.went_down(exc)
+            self._lose_tracking()
+            self.tracker.end_study("KILLED")
+            return self._settle(self._result(None, {}, interrupted=True))
+        self.tracker.end_study("FINISHED")
+        return self._settle(self._result(model_uri, test_metrics))
+
+    def _stopped(self) -> StudyResult:
+        """After a signal: close every trial still open and the parent run (KILLED); resume continues."""
+        self._abandon()
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None and getattr(self, "parent_id", None) and not self.already_finished:
             try:
-                model_uri, test_metrics = self._refit()
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                self.tracker.out.went_down(exc)
-                self._lose_tracking()
-                self.tracker.end_study("KILLED")
-                return self._settle(self._result(None, {}, interrupted=True))
-            self.tracker.end_study("FINISHED")
-            return self._settle(self._result(model_uri, test_metrics))
-        finally:
-            if getattr(self, "_froze", False):
-                gc.unfreeze()
-            if getattr(self, "executor", None) is not None:
-                self.executor.close()
-            if self._started_ray:
-                import ray
+                tracker.end_study("KILLED")
+            except Exception as exc:  # the result must still say "interrupted"
+                log.warning("could not close the study's run: %s", exc)
+        if tracker is None:  # stopped during set-up, before anything was written
+            return StudyResult(name=self.spec.name, metric=self.spec.metric, direction=self.spec.direction,
+                               best_number=None, best_value=None, best_params={}, test_metrics={}, counts={},
+                               parent_run_id="", experiment_id="", model_uri=None,
+                               duration_s=time.perf_counter() - self._started, interrupted=True)
+        return self._settle(self._result(None, {}, interrupted=True))
 
-                ray.shutdown()
+    def _fail_study(self, exc: Exception) -> None:
+        """The search finished but the refit, model logging or report failed: the parent run ends
+        FAILED with the reason, and the error says how to retry (``--resume`` refits again)."""
+        from hpo.errors import RefitError
 
-    def _search(self, n_trials: int | None) -> bool:
-        """The ask -> evaluate -> tell loop; returns True when it was interrupted."""
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            self.tracker.set_tag(self.parent_id, "hpo.reason", f"refit failed: {reason}"[:5000])
+            self.tracker.end_study("FAILED")
+        except Exception as inner:
+            log.warning("could not mark the study's run failed: %s", inner)
+        done = self._finished_count()
+        raise RefitError(f"the {done} trials of study {self.spec.name!r} are saved, but refitting the best one "
+                         f"failed: {reason}. Fix the cause, then refit with: hpo run {self.spec.path or 'SPEC'} "
+                         "--resume (set HPO_DEBUG=1 to see the traceback)") from exc
+
+    def _target(self, n_trials: int | None) -> int:
+        """Finished trials the study should reach (the grid size caps a grid search)."""
+        target = n_trials or self.spec.n_trials
+        if self.spec.search.sampler == "grid":
+            target = min(target, self.spec.grid_size or target)
+        return target
+
+    def _is_finished(self) -> bool:
+        """Whether a resumed study has nothing left to do: every trial run, refit and report done."""
+        self.already_finished = False
+        self._refit_record: dict[str, Any] = {}
+        if not self.resume:
+            return False
+        done = self._finished_count()
+        rec = finished_record(self.study.user_attrs, done)
+        if rec is None or done < self.target:
+            return False
+        if self.spec.tracking.report and self.study.user_attrs.get(REPORT_ATTR) != done:
+            return False  # interrupted while drawing the report: finish it
+        self.already_finished, self._refit_record = True, rec
+        return True
+
+    def _search(self) -> bool:
+        """The ask -> evaluate -> tell loop; returns True when it stopped because tracking was lost."""
         spec = self.spec
-        target = n_trials or spec.n_trials
-        if spec.search.sampler == "grid":
-            target = min(target, spec.grid_size or target)
+        target = self.target
         self.results: list[TrialResult] = []
         done_before = self._finished_count()
         remaining = max(0, target - done_before)
         if self.progress is not None:
             self.progress.start(spec, total=target, done=done_before)
-        pending: dict[Future, tuple[Any, str, dict[str, Any]]] = {}
-        previous = self._install_signals()
         launched = 0
         deadline = None if spec.search.timeout is None else self._started + spec.search.timeout
         try:
             while True:
                 while (not self._stop and not self._too_many_failures() and launched < remaining
-                       and len(pending) < self.executor.max_concurrency
+                       and len(self._pending) < self.executor.max_concurrency
                        and (deadline is None or time.perf_counter() < deadline)):
-                    fut, trial, run_id, params = self._launch()
-                    pending[fut] = (trial, run_id, params)
+                    fut = self._launch()
                     launched += 1
                     if fut.done():
                         break
-                if not pending:
+                if not self._pending:
                     break
-                finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                finished, _ = wait(list(self._pending), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    trial, run_id, params = pending.pop(fut)
-                    self._finish(fut.result(), trial, run_id, params)
+                    with self.interrupts.held():
+                        trial, run_id, params = self._pending[fut]
+                        self._finish(fut.result(), trial, run_id, params)
+                        del self._pending[fut]
                 self._check_tracking()
-            return self._stop
-        except KeyboardInterrupt:
-            self._abandon(pending)
-            return True
+            return getattr(self, "tracking_lost", False)
         finally:
-            for sig, prev in previous.items():
-                signal.signal(sig, prev)
             if self.progress is not None:
                 self.progress.stop()
 
     def _sync_spool(self) -> None:
-        """Send tracking writes an earlier run of this study left waiting (``hpo sync`` does the same)."""
-        from hpo.errors import TrackingError
-        from hpo.outbox import read_ids, sync, waiting
+        """Send tracking writes an earlier run of this study left waiting (``hpo sync`` does the same).
 
-        spool = self.tracker.spool
-        if not waiting(spool):
+        Only into the store they were made for: a spool that records another URI than this study's
+        stops the run (exit 2, both named); writes the store refused stop it too (exit 1, see
+        :class:`hpo.spool.SyncError`)."""
+        from hpo.errors import TrackingError
+        from hpo.outbox import read_ids, sync
+        from hpo.redact import redact
+        from hpo.spool import failed_writes, resolve_target, waiting
+
+        spool, uri, name = self.tracker.spool, self.spec.tracking.uri, self.spec.name
+        if not waiting(spool) and not failed_writes(spool):
             return
+        resolve_target(spool, uri, given_as="this study's tracking URI (tracking.uri or --tracking-uri)",
+                       command=f"hpo sync {name}")
         sent, left = sync(self.tracker.client, spool)
         if left:
-            raise TrackingError(f"{left} tracking writes of an earlier run of {self.spec.name!r} wait in {spool} and "
-                                f"{self.spec.tracking.uri} does not take them yet; retry when it answers "
-                                f"(hpo sync {self.spec.name})")
+            raise TrackingError(f"{left} tracking writes of an earlier run of {name!r} wait in {spool} and "
+                                f"{redact(uri)} does not take them yet; retry when it answers "
+                                f"(hpo sync {name} --tracking-uri '{redact(uri)}')")
         log.warning("sent %d tracking writes an earlier run left waiting in %s", sent, spool)
         self.tracker.out.ids.update(read_ids(spool))
 
@@ -491,26 +581,66 @@ class StudyRunner:
                 self.progress.message(f"{failed} trials failed (search.max_failures = {limit}): no new trials")
         return failed >= limit
 
-    def _abandon(self, pending: dict[Future, tuple[Any, str, dict[str, Any]]]) -> None:
-        """Second Ctrl-C: record running trials as interrupted so a resume re-queues them."""
+    def _abandon(self) -> None:
+        """Record trials still open (in flight, or being launched) as interrupted so a resume re-queues them."""
         from optuna.trial import TrialState
 
-        for trial, run_id, _ in pending.values():
+        open_trials = list(getattr(self, "_pending", {}).values())
+        if getattr(self, "_launching", None) is not None:
+            open_trials.append(self._launching)
+        self._pending, self._launching = {}, None
+        for trial, run_id, _ in open_trials:
             try:
                 trial.set_user_attr(INTERRUPTED_ATTR, True)
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.tracker.out.set_terminated(run_id, status="KILLED")
-                self.tracker.set_tag(run_id, "hpo.state", "killed")
             except Exception as exc:  # keep going: the rest must still be closed
                 log.warning("could not close trial %s: %s", trial.number, exc)
+            if run_id is not None:
+                try:
+                    self.tracker.out.set_terminated(run_id, status="KILLED")
+                    self.tracker.set_tag(run_id, "hpo.state", "killed")
+                except Exception as exc:
+                    log.warning("could not close the run of trial %s: %s", trial.number, exc)
 
     # ------------------------------------------------------------------ refit and results
 
-    def _refit(self) -> tuple[str | None, dict[str, float]]:
-        """Train the best parameters on all training data, test once, save and register the model."""
+    def _finale(self) -> tuple[str | None, dict[str, float]]:
+        """Refit the best trial (unless this study already did, for the same trials), then the report."""
+        done = self._finished_count()
+        rec = finished_record(self.study.user_attrs, done)
+        model = None
+        if rec is None:
+            self.interrupts.enter("refit")
+            model, test_metrics, best, epochs = self._refit()
+            self.interrupts.enter("log")
+            model_uri = self._log_refit(model, test_metrics, best, epochs)
+            self.study.set_user_attr(REFIT_ATTR, {"finished": done, "model_uri": model_uri,
+                                                  "test_metrics": test_metrics,
+                                                  "best_trial": None if best is None else best.number})
+        else:  # stopped during the report last time: the model is registered already
+            model_uri, test_metrics = rec.get("model_uri"), rec.get("test_metrics", {})
+        if self.spec.tracking.report and self.study.user_attrs.get(REPORT_ATTR) != done:
+            self.interrupts.enter("report")
+            if model is None and model_uri is not None:
+                model = self._stored_model()
+            self._report(model)
+        self.interrupts.enter("log")
+        self.study.set_user_attr(REPORT_ATTR, done)
+        return model_uri, test_metrics
 
-        from hpo.checkpoint import save_checkpoint
-        from hpo.tracking import CHECKPOINT_DIR, temp_dir
+    def _stored_model(self):
+        """The refit model from the parent run's checkpoint (to finish a report after an interruption)."""
+        from hpo.checkpoint import load_model
+
+        try:
+            return load_model(self.tracker.out.real_id(self.parent_id), tracking_uri=self.spec.tracking.uri)
+        except Exception as exc:  # the report then leaves out the plots that need the model
+            log.warning("could not reload the refit model for the report: %s", exc)
+            return None
+
+    def _refit(self):
+        """Train the best parameters on all training data and test once; returns (model, test metrics,
+        best trial, epochs), or (None, {}, None, 0) when no trial completed."""
         from hpo.trial import RefitJob
 
         spec, ds = self.spec, self.dataset
@@ -518,9 +648,7 @@ class StudyRunner:
             best = self.study.best_trial
         except ValueError:
             log.warning("no trial completed; nothing to refit")
-            self._log_study_tables()
-            self._report(None)
-            return None, {}
+            return None, {}, None, 0
         params = space.resolve(spec, best.params)
         epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
         refit_params = {**params, "epochs": epochs}
@@ -528,6 +656,18 @@ class StudyRunner:
         job = RefitJob(model=spec.model, params=refit_params, epochs=epochs, seed=spec.search.seed * 7 + 1,
                        direction=spec.direction, metrics=task_metrics)
         model, test_metrics = self.executor.refit(job, ds)
+        return model, test_metrics, best, epochs
+
+    def _log_refit(self, model, test_metrics: dict[str, float], best, epochs: int) -> str | None:
+        """Checkpoint, logged and registered model, summary metrics/params/tags and the trials table."""
+        from hpo.checkpoint import save_checkpoint
+        from hpo.tracking import CHECKPOINT_DIR, temp_dir
+
+        spec, ds = self.spec, self.dataset
+        if best is None:
+            self._log_study_tables()
+            return None
+        refit_params = {**space.resolve(spec, best.params), "epochs": epochs}
         tmp = Path(temp_dir())
         ckpt = save_checkpoint(tmp / "best.pt", model=spec.model, params=refit_params, input_shape=ds.input_shape,
                                n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0, state=model.state_dict(),
@@ -546,8 +686,7 @@ class StudyRunner:
             tags["hpo.model_uri"] = model_uri
         self.tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
         self._log_study_tables()
-        self._report(model)
-        return model_uri, test_metrics
+        return model_uri
 
     def _report(self, model) -> None:
         """The report plots on the parent run; a plotting problem never fails a finished study."""
@@ -622,6 +761,7 @@ class StudyRunner:
             best_value=bv, best_params=bp, test_metrics=test_metrics, counts=self._counts(),
             parent_run_id=self.parent_id, experiment_id=self.tracker.experiment_id, model_uri=model_uri,
             duration_s=time.perf_counter() - self._started, trials=self.results, interrupted=interrupted,
+            already_finished=self.already_finished,
         )
 
 

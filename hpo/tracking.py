@@ -8,6 +8,7 @@ curves go out in batches through the epoch sink (:mod:`hpo.reporting`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,10 +22,13 @@ from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
 from hpo.sqlite_store import check_store, seed_mlflow_db, sqlite_path, store_lock, use_wal  # noqa: F401 (re-exported)
 
+log = logging.getLogger("hpo")
+
 STUDY_TAG = "hpo.study"
 ROLE_TAG = "hpo.role"  # "study" on the parent run, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under its parent
 CHECKPOINT_DIR = "checkpoint"
+BEST_TAG = "best"  # on the one trial run with the best value so far
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
@@ -170,6 +174,35 @@ class Tracker:
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Set one tag."""
         self.out.set_tag(run_id, key, value)
+
+    def move_best(self, old: str | None, new: str) -> None:
+        """Move the ``best`` tag from run ``old`` (if any) to run ``new``; a tag already gone is fine."""
+        if old and old != new:
+            self._drop_best(old)
+        self.out.set_tag(new, BEST_TAG, "true")
+
+    def _drop_best(self, run_id: str) -> None:
+        try:
+            self.out.delete_tag(run_id, BEST_TAG)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+    def repair_best(self, run_id: str) -> None:
+        """Make ``run_id`` the only trial run of this study tagged ``best`` (on resume: an earlier run may
+        have stopped between telling Optuna and moving the tag)."""
+        try:
+            tagged = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{self.study}' and "
+                f"tags.`{ROLE_TAG}` = 'trial' and tags.`{BEST_TAG}` = 'true'")
+        except Exception as exc:  # the tag is cosmetic: the next better trial moves it anyway
+            log.warning("could not check which run carries the best tag: %s", exc)
+            return
+        ids = {r.info.run_id for r in tagged}
+        for other in ids - {run_id}:
+            self._drop_best(other)
+        if run_id not in ids:
+            self.out.set_tag(run_id, BEST_TAG, "true")
 
 
 def trial_run_name(number: int, sampled: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ Data stays in device tensors; a batch is an index gather, never a Python-side co
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from torch import nn
 
 from hpo.metrics import compute_metric, is_better
 from hpo.models import build_model
+
+log = logging.getLogger("hpo")
 
 EVAL_BATCH = 4096  # examples per forward pass when predicting (no gradients)
 PRESCALE_MAX_VALUES = 2**24  # inputs up to this many values (64 MB as float32) are standardised once
@@ -138,6 +141,31 @@ class Data:
         return self.x.dim() == 4
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` normalises over the batch anywhere (BatchNorm layers of any dimension)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+_MERGE_NOTED: set[tuple[int, int]] = set()
+
+
+def batch_bounds(n: int, batch_size: int, batch_norm: bool) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch of an epoch over ``n`` examples.
+
+    BatchNorm cannot train on a batch of one example (its variance is undefined and torch
+    raises), so with BatchNorm a last batch of one is merged into the batch before it (said
+    once per size in the log). Without BatchNorm the batches are exactly ``batch_size``.
+    """
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if batch_norm and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+        if (n, batch_size) not in _MERGE_NOTED:
+            _MERGE_NOTED.add((n, batch_size))
+            log.warning("batch_size %d leaves a last batch of 1 of %d examples, which BatchNorm cannot train on; "
+                        "it is merged into the batch before it", batch_size, n)
+    return bounds
+
+
 class Learner:
     """Trains one model on ``train_idx`` of ``data``; tracks the best epoch on its validation set."""
 
@@ -172,7 +200,8 @@ class Learner:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
         self.gen = torch.Generator().manual_seed(seed)
         self.batch_size = int(params["batch_size"])
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_idx) / self.batch_size))
+        self.batches = batch_bounds(len(self.train_idx), self.batch_size, has_batch_norm(self.model))
+        self.steps_per_epoch = len(self.batches)
         self.opt = make_optimizer(params, self.model)
         self.sched = make_scheduler(params, self.opt, self.steps_per_epoch, epochs)
         if self.regression:
@@ -200,8 +229,8 @@ class Learner:
         clip = float(self.params["grad_clip"])
         forward = self.model.scaled if self.x_scaled is None else self.model.net
         xs = x if self.x_scaled is None else self.x_scaled
-        for start in range(0, len(perm), self.batch_size):
-            idx = perm[start:start + self.batch_size]
+        for start, end in self.batches:
+            idx = perm[start:end]
             xb, yb = xs[idx], y[idx]
             if self.augment:
                 xb = augment_batch(xb, self.gen)
@@ -220,9 +249,8 @@ class Learner:
             if self.sched is not None and self.params["scheduler"] == "onecycle":
                 self.sched.step()
             losses.append(loss.detach())
-        # every batch is full but the last: weight the batch means by their sizes
-        sizes = torch.full((len(losses),), float(self.batch_size), device=self.data.device)
-        sizes[-1] = len(perm) - self.batch_size * (len(losses) - 1)
+        # batches differ in size only at the end: weight the batch means by their sizes
+        sizes = torch.tensor([float(end - start) for start, end in self.batches], device=self.data.device)
         mean_loss = float(torch.stack(losses).float() @ sizes) / len(perm)
         if not math.isfinite(mean_loss):
             raise Diverged(f"training loss became {mean_loss}")

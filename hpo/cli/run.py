@@ -44,8 +44,18 @@ def main(args: argparse.Namespace) -> int:
     if args.n_trials is not None and args.n_trials < 1:
         raise SpecError([("--n-trials", f"must be >= 1 (got {args.n_trials})")])
     console = Console()
-    result = run(spec, n_trials=args.n_trials, seed=args.seed, tracking_uri=args.tracking_uri,
-                 executor=args.executor, address=args.address, resume=args.resume, progress=StudyProgress(per_trial_lines=not args.quiet))
+    try:
+        result = run(spec, n_trials=args.n_trials, seed=args.seed, tracking_uri=args.tracking_uri,
+                     executor=args.executor, address=args.address, resume=args.resume,
+                     progress=StudyProgress(per_trial_lines=not args.quiet))
+    except KeyboardInterrupt:  # before the study took over the signals: nothing was started
+        console.print(f"[yellow]interrupted[/]. Start again with: {resume_command(args)}")
+        return 130
+    if result.already_finished:
+        console.print(summary_table(result))
+        console.print(f"study {spec.name!r} is already finished ({sum(result.counts.values())} trials, refit and "
+                      f"reported); nothing to do. To run more trials: {resume_command(args, more=True)}")
+        return 0
     console.print(summary_table(result))
     if result.tracking_lost:
         import shlex
@@ -65,7 +75,27 @@ def main(args: argparse.Namespace) -> int:
                       f"in Optuna's storage; {escape(waiting)}continue with: hpo run {args.spec} --resume")
         return EXIT_STILL_WAITING
     if result.interrupted:
-        console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: "
-                      f"hpo run {args.spec} --resume")
+        console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: {resume_command(args)}")
         return 130
     return 0
+
+
+def resume_command(args: argparse.Namespace, more: bool = False) -> str:
+    """The ``hpo run ... --resume`` line that continues this run (same store, seed and executor).
+
+    ``more``: with a placeholder for a higher ``--n-trials``."""
+    import shlex
+
+    from hpo.redact import redact
+
+    parts = ["hpo", "run", args.spec, "--resume"]
+    for flag, value in (("--seed", args.seed), ("--tracking-uri", args.tracking_uri), ("--executor", args.executor),
+                        ("--address", args.address)):
+        if value is not None:
+            parts += [flag, redact(str(value))]
+    line = shlex.join(parts)
+    if more:
+        return line + " --n-trials N"
+    if args.n_trials is not None:
+        line += f" --n-trials {args.n_trials}"
+    return line

@@ -1,0 +1,94 @@
+"""What a study remembers about itself so that ``--resume`` continues the same study.
+
+Three records live in the Optuna study's user attributes (plain JSON, no torch, no MLflow):
+
+- :data:`KEY_ATTR` — the parts of the spec that decide what a trial's value means (metric,
+  direction, seed, data, model, folds, the search space), written when the study is created
+  and compared on every resume: a mismatch is refused, naming each changed key.
+- :data:`REFIT_ATTR` — written once the best trial was refit, tested and its model logged:
+  how many trials were finished then, the best trial, the model URI and the test metrics.
+  A resume with no new trials to run does not refit again.
+- :data:`REPORT_ATTR` — the number of finished trials the report was drawn for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hpo.errors import SpecError
+from hpo.spec import Choice, Fixed, Param, Range, Spec
+
+KEY_ATTR = "hpo.resume_key"
+REFIT_ATTR = "hpo.refit"
+REPORT_ATTR = "hpo.reported"
+METRIC_ATTR = "hpo.metric"  # written by every version of hpo, so older studies are checked on the metric
+
+
+def _param(p: Param) -> str:
+    when = "".join(f" when {k} in {json.dumps(list(v))}" for k, v in p.when)
+    if isinstance(p, Range):
+        kind = "int" if p.is_int else "float"
+        extra = " log" if p.log else (f" step {p.step:g}" if p.step is not None else "")
+        return f"{kind} range [{p.low:g}, {p.high:g}]{extra}{when}"
+    if isinstance(p, Choice):
+        return f"choices {json.dumps(list(p.choices))}{when}"
+    assert isinstance(p, Fixed)
+    return f"fixed {json.dumps(p.value)}{when}"
+
+
+def resume_key(spec: Spec) -> dict[str, str]:
+    """The spec's keys that must not change while a study goes on, as ``key path -> readable value``.
+
+    Not in it on purpose: the budget (``n_trials``, ``timeout``), the sampler and pruner,
+    concurrency and execution, tracking settings — changing those on resume is normal.
+    """
+    d = spec.data
+    key = {
+        "search.metric": spec.metric, "search.direction": spec.direction, "search.seed": str(spec.search.seed),
+        "model": spec.model, "cv.folds": str(spec.cv.folds), "data.dataset": d.dataset,
+        "data.path": str(d.path), "data.target": str(d.target), "data.task": spec.task,
+        "data.test_size": f"{d.test_size:g}",
+    }
+    key.update({f"params.{p.name}": _param(p) for p in spec.space})
+    return key
+
+
+def check_resume(spec: Spec, user_attrs: dict[str, Any], direction: str | None) -> None:
+    """Raise :class:`SpecError` (exit 2) when ``spec`` no longer describes the stored study.
+
+    ``user_attrs`` are the Optuna study's user attributes and ``direction`` its stored
+    direction (``"maximize"``/``"minimize"``). Studies made before the key was recorded are
+    checked on their metric and direction only.
+    """
+    recorded: dict[str, str] | None = user_attrs.get(KEY_ATTR)
+    if recorded is None:
+        recorded = {}
+        if METRIC_ATTR in user_attrs:
+            recorded["search.metric"] = user_attrs[METRIC_ATTR]
+        if direction:
+            recorded["search.direction"] = direction
+        now = {k: v for k, v in resume_key(spec).items() if k in recorded}
+    else:
+        now = resume_key(spec)
+    problems = []
+    for k in sorted(set(recorded) | set(now), key=lambda k: (k.startswith("params."), k)):
+        old, new = recorded.get(k), now.get(k)
+        if old == new:
+            continue
+        was = "not set" if old is None else repr(old)
+        is_ = "nothing (removed)" if new is None else repr(new)
+        problems.append((k, f"changed since the study started: it was started with {was}, the spec now says {is_}"))
+    if problems:
+        problems.append(("", f"--resume continues the study {spec.name!r} only with the spec it was started with "
+                             "(the budget, sampler, pruner, execution and tracking keys may change); undo "
+                             "these changes, or give the changed spec another name: to start a new study"))
+        raise SpecError(problems, spec.path)
+
+
+def finished_record(user_attrs: dict[str, Any], finished: int) -> dict[str, Any] | None:
+    """The refit record when the study was refit after exactly ``finished`` finished trials, else None."""
+    rec = user_attrs.get(REFIT_ATTR)
+    if isinstance(rec, dict) and rec.get("finished") == finished:
+        return rec
+    return None
