@@ -48,7 +48,7 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
         if name in names:
             return optuna.load_study(study_name=name, storage=rdb)
     except Exception as exc:  # checked whole above: what is left is access or a schema from another Optuna
-        raise StoreError(f"cannot read the Optuna store at {db or storage} ({_first_line(exc)}); check that you may "
+        raise StoreError(f"cannot read the Optuna store at {db or storage} ({first_line(exc)}); check that you may "
                          "read it and its folder") from None
     import difflib
 
@@ -76,7 +76,7 @@ def mlflow_client(tracking_uri: str | None, *, write: bool = False):
     return MlflowClient(tracking_uri=uri)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of an exception's message without SQLAlchemy's statement and links."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -66,8 +66,14 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
         client = mlflow_client(tracking_uri)  # read-only; a missing or damaged store is an error, not a blank column
         try:
             run = client.get_run(run_id)
-        except Exception:  # the parent run was deleted: the Optuna side still compares
-            run = None
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                from hpo.cli._common import first_line
+                from hpo.errors import TrackingError
+
+                raise TrackingError(f"cannot read study {name!r}'s parent run {run_id} from the MLflow store "
+                                    f"({first_line(exc)}); pass the --tracking-uri the study ran with") from None
+            run = None  # the parent run was removed: the Optuna side still compares
     params = run.data.params if run is not None else {}
     metrics = run.data.metrics if run is not None else {}
     metric = params.get("metric")
