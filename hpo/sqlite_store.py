@@ -129,6 +129,12 @@ def _damage(db: Path, tables: tuple[str, ...]) -> str | None:
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
+        if "unable to open" in str(exc) and not os.access(db.parent, os.W_OK):
+            # not damage: sqlite cannot make the -shm it needs to read a live WAL here
+            raise StoreError(f"cannot open the store at {db} read-only: it holds changes in {wal.name} that sqlite "
+                             f"reads only with a {db.name}-shm beside it, and {db.parent} is not writable; ask "
+                             "whoever may write that folder to open it once (hpo show NAME), or copy the folder "
+                             "somewhere writable") from None
         return f"sqlite: {exc}"
     missing = [t for t in tables if t not in names]
     if missing:

@@ -238,3 +238,31 @@ def test_a_new_store_under_a_folder_the_user_may_not_write(tmp_path, as_user):
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+
+
+def test_a_read_only_store_with_unsaved_wal_changes(read_only, as_user):
+    """A study killed mid-write leaves its last changes in optuna.db-wal: readers must see them."""
+    folder = read_only
+    folder.chmod(0o755)
+    db = folder / "optuna.db"
+    db.chmod(0o644)
+    writer = ("import os, sqlite3, sys\n"
+              "con = sqlite3.connect(sys.argv[1]); con.execute('PRAGMA journal_mode=WAL')\n"
+              "con.execute('PRAGMA wal_autocheckpoint=0')\n"
+              "con.execute('UPDATE trial_values SET value = 0.123456 WHERE trial_id = 1'); con.commit()\n"
+              "os._exit(0)  # no close: the change stays in the -wal, as after kill -9\n")
+    subprocess.run([sys.executable, "-c", writer, str(db)], check=True)
+    assert (folder / "optuna.db-wal").stat().st_size > 0
+    _chmod_tree(folder, writable=False)
+    before = _snapshot(folder)
+    show = as_user("show", NAME, "--tracking-uri", _uri(folder), "--json", cwd=folder.parent)
+    assert show.returncode == 0, show.stderr[-3000:]
+    assert '"value": 0.123456' in show.stdout
+    assert _snapshot(folder) == before
+    # without its -shm, sqlite cannot read that WAL in a folder it may not write: say so, do not call it damage
+    folder.chmod(0o755)
+    (folder / "optuna.db-shm").unlink()
+    folder.chmod(0o555)
+    proc = as_user("show", NAME, "--tracking-uri", _uri(folder), cwd=folder.parent)
+    _assert_refused(proc, f"cannot open the store at {db} read-only: it holds changes in optuna.db-wal")
+    assert "damaged" not in proc.stderr
