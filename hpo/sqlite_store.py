@@ -164,6 +164,17 @@ def _check_writable(db: Path) -> None:
                              f"(chmod u+w {f}) or pass a {where} naming a store you can write")
 
 
+def check_writable(uri: str) -> None:
+    """StoreError unless this process may write the sqlite store of ``uri`` (no-op for other URIs).
+
+    The cheap half of :func:`check_store`, safe to call before taking :func:`store_lock` (a
+    damage check there could catch another process making the store).
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_writable(db)
+
+
 def damaged_message(db: Path, why: str) -> str:
     """The one message for a damaged store file: what is wrong and how to get back."""
     extra = ""
@@ -216,7 +227,7 @@ def store_lock(uri: str) -> Iterator[None]:
     if db is None:
         yield
         return
-    _check_writable(db)
+    check_writable(uri)
     lock = db.parent / ".hpo.lock"
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
