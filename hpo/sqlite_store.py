@@ -145,6 +145,7 @@ def _damage(db: Path, tables: tuple[str, ...]) -> str | None:
 
 def _check_writable(db: Path) -> None:
     """StoreError unless this process may create or write ``db``, its lock and its journals."""
+    db = db.absolute()  # so a message about the default relative store does not name "."
     folder = db.parent
     probe = folder
     while not probe.exists() and probe != probe.parent:
