@@ -590,7 +590,9 @@ def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) ->
             continue
         for v in vals:
             if not any(same_value(v, a) for a in allowed):
-                problems.append((f"{where}.{other}", f"{v!r} is not one of {other}'s values {allowed}"))
+                bools = " (a condition on true/false matches only true or false)" if any(
+                    isinstance(a, bool) for a in allowed) and not isinstance(v, bool) else ""
+                problems.append((f"{where}.{other}", f"{v!r} is not one of {other}'s values {allowed}{bools}"))
         out.append((other, vals))
     return tuple(out)
 

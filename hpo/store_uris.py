@@ -120,7 +120,7 @@ def store_uri_problem(uri: str, kind: Literal["tracking", "storage"] = "tracking
     if not _importable(module):
         others = ", ".join(f"{dialect}+{d}://" for d in drivers if d and drivers[d][0] != module)
         return (f"{raw_scheme} needs the DB-API driver {module}, which is not installed; pip install {package}, "
-                f"or name another driver that is ({others}) (got {shown!r})")
+                f"or use another driver that is installed ({others}) (got {shown!r})")
     if dialect == "sqlite":
         return _sqlite_problem(uri, what)
     return None

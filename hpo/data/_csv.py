@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.data._dataset import TASKS, Dataset
+from hpo.data._dataset import TASKS, DataKeyError, Dataset, path_kind
 from hpo.data._split import split
 from hpo.errors import DataError
 
@@ -40,12 +40,14 @@ def load_csv(
     if path is None:
         raise DataError("dataset 'csv' needs a file: set data.path to the CSV file")
     path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "not found"
+    kind = path_kind(path)
+    if kind != "a regular file":
+        # a FIFO would block pandas forever and a device never ends: say what it is rather than read it
+        what = "not found" if kind == "not found" else f"is {kind}, not a regular file"
         raise DataError(f"CSV file {what}: {path}; set data.path to the CSV file")
     if task not in TASKS:
-        raise DataError(
-            f"{path}: data.task must be 'classification' or 'regression' for a CSV (got {task!r})"
+        raise DataKeyError(
+            f"{path}: data.task must be 'classification' or 'regression' for a CSV (got {task!r})", "data.task"
         )
 
     try:
@@ -60,14 +62,14 @@ def load_csv(
     columns = [str(c) for c in df.columns]
     df.columns = columns
     if target is None:
-        raise DataError(
-            f"{path}: set data.target to the column to predict; columns are: {', '.join(columns)}"
+        raise DataKeyError(
+            f"{path}: set data.target to the column to predict; columns are: {', '.join(columns)}", "data.target"
         )
     if target not in columns:
         close = difflib.get_close_matches(target, columns, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DataError(
-            f"{path}: target column {target!r} not found; columns are: {', '.join(columns)}.{hint}"
+        raise DataKeyError(
+            f"{path}: target column {target!r} not found; columns are: {', '.join(columns)}.{hint}", "data.target"
         )
     if len(df) < MIN_ROWS:
         raise DataError(f"{path}: only {len(df)} data rows; at least {MIN_ROWS} are needed to train and test")

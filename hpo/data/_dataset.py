@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from hpo.errors import DataError
+
 TASKS = ("classification", "regression")
+
+
+class DataKeyError(DataError):
+    """A :class:`DataError` whose fix is another spec key than ``data.path`` (``data.target``, ``data.task``)."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def path_kind(path: Path) -> str:
+    """What is at ``path``, in words: "a regular file", "a folder", "a FIFO (named pipe)", ... or "not found"."""
+    from hpo.spec import file_kind  # the one list of file kinds; light (no torch)
+
+    try:
+        return file_kind(os.stat(path).st_mode)
+    except OSError:
+        return "not found"
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from hpo.data._dataset import TASKS, Dataset
+from hpo.data._dataset import TASKS, Dataset, path_kind
 from hpo.data._sklearn import SKLEARN_TASKS
 from hpo.errors import DataError
 
@@ -74,7 +74,12 @@ def _root(name: str, path: str | Path | None, download: bool) -> Path:
         raise DataError(
             f"dataset {name!r} is read from files: set data.path to the folder holding them{extra}{dl}"
         )
-    return Path(path).expanduser()
+    root = Path(path).expanduser()
+    kind = path_kind(root)
+    if kind not in ("a folder", "not found"):
+        raise DataError(f"dataset {name!r} is read from a folder, but data.path {root} is {kind}; "
+                        "set data.path to the folder holding its files")
+    return root
 
 
 def _ensure_files(name: str, root: Path, download: bool) -> None:
