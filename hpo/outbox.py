@@ -81,6 +81,12 @@ def _has_pending(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(PENDING)
 
 
+def _placeholders(op: dict[str, Any]) -> list[str]:
+    """The unresolved run ids a write needs: its run, and a new run's parent."""
+    refs = [op.get("run"), op["tags"].get("mlflow.parentRunId") if op["op"] == "create_run" else None]
+    return [r for r in refs if _has_pending(r)]
+
+
 class Outbox:
     """Sends MLflow writes in order, holding them on disk while the server is unreachable.
 
@@ -105,6 +111,7 @@ class Outbox:
         self.sent_late = 0  # writes that waited and then went out
         self.ids: dict[str, str] = read_ids(self.spool)
         self.failed: list[dict[str, Any]] = []  # writes the store refused in this process (kept in the spool)
+        self._awaited: set[str] = set()  # placeholders whose create_run was seen waiting in a spool file
         # placeholder -> why its create_run failed (here or in an earlier sync): its writes cannot be sent
         self._dead: dict[str, str] = {op["id"]: op.get("error", "") for op in failed_writes(self.spool)
                                       if op.get("op") == "create_run" and "id" in op}
@@ -191,6 +198,10 @@ class Outbox:
         op = self._resolve(op)
         with self._lock:
             queue = bool(self._ops) or self._blocked(op)
+            orphan = self._blocked(op) and self._orphaned(op)
+        if orphan:  # waiting would hold back every later write for a run that will never exist
+            self._fail(op, orphan)
+            return op.get("id")
         if not queue:
             try:
                 return self._execute(op, fresh=True)
@@ -242,10 +253,29 @@ class Outbox:
             where = str(failed)
         log.warning("a tracking write could not be sent and is kept in %s: %s (%s)", where, op["op"], why)
 
+    def _orphaned(self, op: dict[str, Any]) -> str | None:
+        """Why a write for a placeholder can never be sent: its create failed, or no write that waits
+        (here or in another process's spool file) creates it and none did (e.g. it was given up)."""
+        dead = self._dead_parent(op)
+        if dead is not None:
+            return f"its run was never created ({dead})"
+        for ref in _placeholders(op):
+            if ref in self._awaited or any(o["op"] == "create_run" and o["id"] == ref for o in self._ops):
+                continue
+            if self.spool is not None and any(f'"id": "{ref}"' in f.read_text(encoding="utf-8")
+                                              for f in self.spool.glob("ops-*.jsonl")):
+                self._awaited.add(ref)
+                continue
+            # looked up after the files: a create is recorded in ids.json before it leaves its file
+            if ref in self.ids or ref in read_ids(self.spool):
+                continue
+            return "its run was never created: no waiting write creates it"
+        return None
+
     def _dead_parent(self, op: dict[str, Any]) -> str | None:
         """Why the run ``op`` writes to was never created, when its create_run failed."""
-        for ref in (op.get("run"), op.get("tags", {}).get("mlflow.parentRunId") if op["op"] == "create_run" else None):
-            if _has_pending(ref) and ref in self._dead:
+        for ref in _placeholders(op):
+            if ref in self._dead:
                 return self._dead[ref]
         return None
 

@@ -146,11 +146,12 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def _run_with_outage(cwd: Path, relay: Relay, name: str, *, n: int, grace: float, down_for: float | None):
+def _run_with_outage(cwd: Path, relay: Relay, name: str, *, n: int, grace: float, down_for: float | None,
+                     epochs: int = 12):
     """`hpo run` a study through ``relay``; cut it once a trial finished, restore it after ``down_for``
     seconds (``None``: leave it down). Returns (exit code, output, spec path)."""
     spec = cwd / "spec.yaml"
-    spec.write_text(SPEC.format(name=name, n=n, epochs=12, uri=relay.url, grace=grace))
+    spec.write_text(SPEC.format(name=name, n=n, epochs=epochs, uri=relay.url, grace=grace))
     proc = _start(["run", str(spec)], cwd)
     try:
         _wait_for(lambda: _finished(cwd, name) >= 1, 240, proc)
@@ -215,7 +216,8 @@ def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(ser
 
     relay = Relay(int(server.rsplit(":", 1)[1]))
     name, n = "outage-long", 5
-    returncode, out, spec = _run_with_outage(tmp_path, relay, name, n=n, grace=4, down_for=None)
+    # long trials: the one running when the study gives up is cut short, and --resume re-runs it
+    returncode, out, spec = _run_with_outage(tmp_path, relay, name, n=n, grace=4, down_for=None, epochs=40)
     assert returncode == 75, out
     hint = " ".join(out.split())  # the console wraps long lines
     assert f"hpo sync {name} --tracking-uri {relay.url}," in hint and "--resume" in hint, out

@@ -195,3 +195,24 @@ def test_a_study_refuses_a_spool_left_for_another_store(dead_client, write_spec,
     out = res.stdout + res.stderr
     assert "http://127.0.0.1:5000" in out and f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" in " ".join(out.split())
     assert "Traceback" not in out and waiting(spool) == 3
+
+
+def test_a_write_for_a_placeholder_nothing_creates_is_kept_not_left_blocking(dead_client, local_store, tmp_path):
+    """On resume a trial may name a placeholder whose create was given up: its write is kept in the
+    failed file at once instead of waiting forever in front of every later write."""
+    from hpo.outbox import Outbox
+    from hpo.spool import failed_writes
+
+    uri, client, exp = local_store
+    spool = tmp_path / "mlruns" / ".outbox" / "s"
+    waiting_box = Outbox(dead_client, spool, grace_s=60, retry_s=60, target=uri, role="s")
+    awaited = waiting_box.create_run(exp, "trial-001", {})  # its create waits in another process's file
+
+    box = Outbox(client, spool, target=uri)
+    run = client.create_run(exp).info.run_id
+    box.set_terminated("pending-" + "f" * 32, "KILLED")  # nothing creates it
+    box.log_batch(awaited, metrics=[("val_accuracy", 0.5, 1, 1)])  # waits for that create
+    assert box.pending == 1 and [op["op"] for op in failed_writes(spool)] == ["set_terminated"]
+    assert "never created" in failed_writes(spool)[0]["error"]
+    box.set_tag(run, "hpo.state", "complete")  # queued behind the waiting write, but not lost
+    assert box.pending == 2
