@@ -76,6 +76,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int) -> dict[str, Any]:
 
     import hpo.data
     import hpo.executors.local as local
+    import hpo.refit
     import hpo.study as hs
     import hpo.tracking as ht
     from hpo.reporting import EpochSink
@@ -83,10 +84,12 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t:
         uri = f"sqlite:///{tmp}/mlflow.db"
         spec = make_spec(epochs, n_trials, concurrency, uri)
-        for attr in ("_prepare", "_search", "_refit", "_log_model", "_launch", "_finish", "_report"):
-            if hasattr(hs.StudyRunner, attr):  # _report (plots) arrived in study.py during these benchmarks
-                t.wrap(hs.StudyRunner, attr)
-        t.wrap(hpo.data, "load_dataset", "data_load")
+        for attr in ("_prepare", "_search", "_launch", "_finish"):
+            t.wrap(hs.StudyRunner, attr)
+        t.wrap(hs.StudyRunner, "_finale", "_refit")  # refit + logging + report (hpo.refit)
+        t.wrap(hpo.refit, "log_model", "_log_model")
+        t.wrap(hpo.refit, "write_study_report", "_report")
+        t.wrap(hpo.data, "load_spec_dataset", "data_load")
         t.wrap(ht.Tracker, "__init__", "mlflow_store_open")
         t.wrap(ht.Tracker, "start_study", "mlflow_parent_run")
         t.wrap(optuna, "create_study", "optuna_create_study")

@@ -2,8 +2,8 @@
 
 A study goes through phases; what the first signal does depends on the phase:
 
-- ``setup``, ``log`` (model logging and the study's summary writes): short bookkeeping that
-  must not be cut in half, so the signal is noted and the study stops when the phase ends;
+- ``setup``, ``log`` (model logging and the study's summary writes): bookkeeping that should
+  not be cut in half, so the signal is noted and the study stops when the phase ends;
 - ``search``: no new trial starts and running trials stop after their current epoch
   (``on_stop`` is called to tell them);
 - ``refit``, ``report``: long work that can simply be redone, so it is stopped at once.
@@ -60,7 +60,7 @@ class Interrupts:
         self._previous.clear()
 
     def _must_raise(self) -> bool:
-        if self._closing or self._held or self.phase in DEFERRED:
+        if self._closing or self._held:
             return False
         return self.signals > 1 or (self.phase in IMMEDIATE and self.signals > 0)
 

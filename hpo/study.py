@@ -22,7 +22,7 @@ import numpy as np
 from hpo import space
 from hpo.errors import StudyExistsError
 from hpo.interrupts import Interrupted, Interrupts
-from hpo.metrics import METRICS
+from hpo.redact import redact
 from hpo.resume import (
     KEY_ATTR,
     METRIC_ATTR,
@@ -65,6 +65,7 @@ class StudyResult:
     tracking_waiting: int = 0  # MLflow writes still waiting in the spool (send them with `hpo sync NAME`)
     spool: str | None = None
     tracking_uri: str = ""
+    tracking_failed: str | None = None  # writes the tracking store refused (kept in the spool): what and why
 
 
 def _git_commit() -> str | None:
@@ -162,11 +163,21 @@ class StudyRunner:
 
         from hpo.data import load_spec_dataset
         from hpo.folds import make_folds
+        from hpo.outbox import spool_dir
         from hpo.reporting import EpochSink
+        from hpo.spool import failed_writes, resolve_target, waiting
+        from hpo.sqlite_store import check_writable
         from hpo.tracking import Tracker, check_reachable, optuna_storage_for, store_lock
 
         spec = self.spec
-        # data first: a bad dataset is an error before anything is written
+        self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
+        for uri in (spec.tracking.uri, self.storage_url):  # an unwritable store: stop before any work
+            check_writable(uri)
+        spool = spool_dir(spec.tracking.uri, spec.name)
+        if waiting(spool) or failed_writes(spool):  # writes left for another store: refuse before writing here
+            resolve_target(spool, spec.tracking.uri, command=f"hpo sync {spec.name}",
+                           given_as="this study's tracking URI (tracking.uri or --tracking-uri)")
+        # data next: a bad dataset is an error before anything is written
         self.dataset = load_spec_dataset(spec)
         folds = make_folds(self.dataset.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification",
                           self.dataset.class_names)
@@ -174,7 +185,6 @@ class StudyRunner:
         check_reachable(spec.tracking.uri)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
         with store_lock(spec.tracking.uri):
             storage = open_storage(self.storage_url)
             existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
@@ -182,7 +192,7 @@ class StudyRunner:
             if summary is not None and not self.resume and (
                     summary.n_trials > 0 or "mlflow.parent_run_id" in summary.user_attrs):
                 raise StudyExistsError(
-                    f"study {spec.name!r} already exists in {self.storage_url} ({summary.n_trials} trials). "
+                    f"study {spec.name!r} already exists in {redact(self.storage_url)} ({summary.n_trials} trials). "
                     f"Continue it with: hpo run {spec.path or 'SPEC'} --resume (add --n-trials N to raise the "
                     "budget; two processes with --resume share the work), or give the spec another name"
                 )
@@ -431,9 +441,9 @@ class StudyRunner:
         """After a signal: close every trial still open and the parent run (KILLED); resume continues."""
         self._abandon()
         tracker = getattr(self, "tracker", None)
-        if tracker is not None and getattr(self, "parent_id", None) and not self.already_finished:
+        if tracker is not None and not self.already_finished:
             try:
-                tracker.end_study("KILLED")
+                tracker.end_study("KILLED")  # a no-op when the parent run was not opened yet
             except Exception as exc:  # the result must still say "interrupted"
                 log.warning("could not close the study's run: %s", exc)
         if tracker is None:  # stopped during set-up, before anything was written
@@ -523,7 +533,6 @@ class StudyRunner:
         :class:`hpo.spool.SyncError`)."""
         from hpo.errors import TrackingError
         from hpo.outbox import read_ids, sync
-        from hpo.redact import redact
         from hpo.spool import failed_writes, resolve_target, waiting
 
         spool, uri, name = self.tracker.spool, self.spec.tracking.uri, self.spec.name
@@ -556,18 +565,23 @@ class StudyRunner:
         self._stop = self.tracking_lost = True
         self.executor.stop_trials()
         if self.progress is not None:
-            self.progress.message(f"the tracking server {self.spec.tracking.uri} has not answered for "
+            self.progress.message(f"the tracking server {redact(self.spec.tracking.uri)} has not answered for "
                                   f"{self.tracker.out.grace_s:.0f}s ({self.tracker.out.last_error}): stopping; "
                                   "running trials stop after their epoch")
 
     def _settle(self, result: StudyResult) -> StudyResult:
-        """Last try to send waiting writes; what still waits is reported with where it is kept."""
+        """Last try to send waiting writes; what still waits, or was refused, is reported with where it is kept."""
+        from hpo.spool import failed_message, failed_writes
+
         out = self.tracker.out
         out.drain(self._grace_left())  # what is left of the grace period; one last try once it is over
         result.tracking_waiting = out.pending
         result.spool = str(self.tracker.spool) if out.pending else None
         result.tracking_uri = self.spec.tracking.uri
         result.tracking_lost = getattr(self, "tracking_lost", False) or bool(out.pending)
+        failed = failed_writes(self.tracker.spool)  # this process's and the Ray sink's
+        if failed:
+            result.tracking_failed = failed_message(failed, self.tracker.spool, self.spec.tracking.uri)
         return result
 
     def _too_many_failures(self) -> bool:
@@ -606,139 +620,34 @@ class StudyRunner:
 
     def _finale(self) -> tuple[str | None, dict[str, float]]:
         """Refit the best trial (unless this study already did, for the same trials), then the report."""
+        from hpo import refit
+
         done = self._finished_count()
         rec = finished_record(self.study.user_attrs, done)
         model = None
         if rec is None:
             self.interrupts.enter("refit")
-            model, test_metrics, best, epochs = self._refit()
+            best = refit.refit_best(self.study, self.spec, self.dataset, self.executor)
             self.interrupts.enter("log")
-            model_uri = self._log_refit(model, test_metrics, best, epochs)
+            model_uri, test_metrics = None, {}
+            if best is not None:
+                model, test_metrics = best.model, best.test_metrics
+                model_uri = refit.log_refit(best, tracker=self.tracker, parent_id=self.parent_id, spec=self.spec,
+                                            dataset=self.dataset, counts=self._counts())
+            refit.log_trials_table(self.study, self.tracker, self.parent_id)
             self.study.set_user_attr(REFIT_ATTR, {"finished": done, "model_uri": model_uri,
                                                   "test_metrics": test_metrics,
-                                                  "best_trial": None if best is None else best.number})
+                                                  "best_trial": None if best is None else best.best.number})
         else:  # stopped during the report last time: the model is registered already
             model_uri, test_metrics = rec.get("model_uri"), rec.get("test_metrics", {})
         if self.spec.tracking.report and self.study.user_attrs.get(REPORT_ATTR) != done:
             self.interrupts.enter("report")
             if model is None and model_uri is not None:
-                model = self._stored_model()
-            self._report(model)
+                model = refit.stored_model(self.tracker, self.parent_id, self.spec.tracking.uri)
+            refit.write_study_report(self.study, self.tracker, self.parent_id, self.spec, self.dataset, model)
         self.interrupts.enter("log")
         self.study.set_user_attr(REPORT_ATTR, done)
         return model_uri, test_metrics
-
-    def _stored_model(self):
-        """The refit model from the parent run's checkpoint (to finish a report after an interruption)."""
-        from hpo.checkpoint import load_model
-
-        try:
-            return load_model(self.tracker.out.real_id(self.parent_id), tracking_uri=self.spec.tracking.uri)
-        except Exception as exc:  # the report then leaves out the plots that need the model
-            log.warning("could not reload the refit model for the report: %s", exc)
-            return None
-
-    def _refit(self):
-        """Train the best parameters on all training data and test once; returns (model, test metrics,
-        best trial, epochs), or (None, {}, None, 0) when no trial completed."""
-        from hpo.trial import RefitJob
-
-        spec, ds = self.spec, self.dataset
-        try:
-            best = self.study.best_trial
-        except ValueError:
-            log.warning("no trial completed; nothing to refit")
-            return None, {}, None, 0
-        params = space.resolve(spec, best.params)
-        epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
-        refit_params = {**params, "epochs": epochs}
-        task_metrics = [m for m, info in METRICS.items() if info.task == spec.task]
-        job = RefitJob(model=spec.model, params=refit_params, epochs=epochs, seed=spec.search.seed * 7 + 1,
-                       direction=spec.direction, metrics=task_metrics)
-        model, test_metrics = self.executor.refit(job, ds)
-        return model, test_metrics, best, epochs
-
-    def _log_refit(self, model, test_metrics: dict[str, float], best, epochs: int) -> str | None:
-        """Checkpoint, logged and registered model, summary metrics/params/tags and the trials table."""
-        from hpo.checkpoint import save_checkpoint
-        from hpo.tracking import CHECKPOINT_DIR, temp_dir
-
-        spec, ds = self.spec, self.dataset
-        if best is None:
-            self._log_study_tables()
-            return None
-        refit_params = {**space.resolve(spec, best.params), "epochs": epochs}
-        tmp = Path(temp_dir())
-        ckpt = save_checkpoint(tmp / "best.pt", model=spec.model, params=refit_params, input_shape=ds.input_shape,
-                               n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0, state=model.state_dict(),
-                               extra={"trial": best.number, "test_metrics": test_metrics, "spec": spec.raw,
-                                      "seed": spec.search.seed})
-        self.tracker.log_file(self.parent_id, ckpt, CHECKPOINT_DIR)
-        model_uri = self._log_model(model, ds)
-
-        summary = {f"best_cv_{spec.metric}": best.value, "best_trial": best.number, "refit_epochs": epochs}
-        summary.update({f"test_{k}": v for k, v in test_metrics.items()})
-        counts = self._counts()
-        summary.update({f"n_{k}": v for k, v in counts.items()})
-        tags = {f"hpo.best.{k}": str(v) for k, v in best.params.items()}
-        tags["hpo.best_trial"] = str(best.number)
-        if model_uri:
-            tags["hpo.model_uri"] = model_uri
-        self.tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
-        self._log_study_tables()
-        return model_uri
-
-    def _report(self, model) -> None:
-        """The report plots on the parent run; a plotting problem never fails a finished study."""
-        from hpo.report import write_report
-
-        if not self.spec.tracking.report:
-            return
-        try:
-            write_report(self.study, self.tracker.client, self.parent_id, model=model, dataset=self.dataset,
-                         metric=self.spec.metric, task=self.spec.task)
-        except Exception as exc:
-            log.warning("the study finished but its report could not be written (%s); retry with: hpo report %s",
-                        exc, self.spec.name)
-
-    def _log_model(self, model, ds) -> str | None:
-        import mlflow
-        import torch
-        from mlflow.models import infer_signature
-
-        import hpo
-
-        example = np.asarray(ds.x_test[:5], dtype=np.float32)
-        with torch.no_grad():
-            out = model(torch.from_numpy(example)).numpy()
-        signature = infer_signature(example, out)
-        from mlflow.tracking import fluent
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        # mlflow.pytorch.log_model works through the fluent API's globals: set them for this call only,
-        # then put back exactly what was there (including "not set"). The caller's active experiment
-        # (mlflow.set_experiment in a notebook, say) would make start_run refuse the study's parent run
-        previous = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
-        mlflow.set_tracking_uri(self.spec.tracking.uri)
-        mlflow.set_registry_uri(self.spec.tracking.uri)
-        fluent._active_experiment_id = None
-        try:
-            with mlflow.start_run(run_id=self.parent_id):
-                info = mlflow.pytorch.log_model(
-                    model, name="model", registered_model_name=self.spec.name, signature=signature,
-                    input_example=example, code_paths=[str(Path(hpo.__file__).parent)],
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-                )
-        finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
-        return info.model_uri
-
-    def _log_study_tables(self) -> None:
-        df = self.study.trials_dataframe()
-        tmp = Path(__import__("hpo.tracking", fromlist=["temp_dir"]).temp_dir()) / "trials.csv"
-        df.to_csv(tmp, index=False)
-        self.tracker.log_file(self.parent_id, tmp)
 
     def _counts(self) -> dict[str, int]:
         from optuna.trial import TrialState
@@ -759,7 +668,7 @@ class StudyRunner:
         return StudyResult(
             name=self.spec.name, metric=self.spec.metric, direction=self.spec.direction, best_number=bn,
             best_value=bv, best_params=bp, test_metrics=test_metrics, counts=self._counts(),
-            parent_run_id=self.parent_id, experiment_id=self.tracker.experiment_id, model_uri=model_uri,
+            parent_run_id=getattr(self, "parent_id", None) or "", experiment_id=self.tracker.experiment_id, model_uri=model_uri,
             duration_s=time.perf_counter() - self._started, trials=self.results, interrupted=interrupted,
             already_finished=self.already_finished,
         )

@@ -65,13 +65,13 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 if exp.lifecycle_stage == "deleted":
-                    raise TrackingError(f"MLflow experiment {experiment!r} is deleted in {uri}; restore it "
+                    raise TrackingError(f"MLflow experiment {experiment!r} is deleted in {redact(uri)}; restore it "
                                         "(mlflow experiments restore) or set tracking.experiment to another name")
                 self.experiment_id = exp.experiment_id
         except TrackingError:
             raise
         except Exception as exc:
-            raise TrackingError(f"cannot use the tracking store {uri}: {type(exc).__name__}: {exc}. "
+            raise TrackingError(f"cannot use the tracking store {redact(uri)}: {type(exc).__name__}: {redact(str(exc))}. "
                                 "Check tracking.uri / --tracking-uri") from None
         self.experiment = experiment
         self.study = study

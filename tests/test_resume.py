@@ -61,12 +61,14 @@ def _check_consistent(tmp_path, store, n):
     trials = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store)).get_trials()
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == n
+    assert len({(t.params["lr"], t.params["width"]) for t in finished}) == n  # no replayed draws
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    client = MlflowClient(store)
+    client = MlflowClient(store, registry_uri=store)
     exp = client.get_experiment_by_name("resumable")
     runs = client.search_runs([exp.experiment_id])
     assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert len(client.search_model_versions("name='resumable'")) == 1
     return trials, runs
 
 

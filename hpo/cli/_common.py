@@ -7,9 +7,19 @@ import argparse
 from hpo.spec import DEFAULT_TRACKING_URI
 
 
+def tracking_uri(value: str) -> str:
+    """argparse type of ``--tracking-uri``: a URI hpo can use as a tracking store, else exit 2 with the rule."""
+    from hpo.store_uris import store_uri_problem
+
+    problem = store_uri_problem(value, "tracking")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def add_tracking_uri(p: argparse.ArgumentParser) -> None:
-    """``--tracking-uri`` (default: the spec's, else sqlite:///mlruns/mlflow.db)."""
-    p.add_argument("--tracking-uri", metavar="URI", default=None,
+    """``--tracking-uri`` (default: the spec's, else sqlite:///mlruns/mlflow.db), checked like ``tracking.uri``."""
+    p.add_argument("--tracking-uri", metavar="URI", default=None, type=tracking_uri,
                    help=f"MLflow tracking store (default: the spec's tracking.uri, else {DEFAULT_TRACKING_URI})")
 
 

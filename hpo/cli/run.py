@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the study; exit 0 when it finished, 130 when interrupted, 75 when the tracking server was lost."""
     from rich.console import Console
+    from rich.markup import escape
 
     from hpo.errors import SpecError
     from hpo.progress import StudyProgress, summary_table
@@ -49,18 +50,16 @@ def main(args: argparse.Namespace) -> int:
                      executor=args.executor, address=args.address, resume=args.resume,
                      progress=StudyProgress(per_trial_lines=not args.quiet))
     except KeyboardInterrupt:  # before the study took over the signals: nothing was started
-        console.print(f"[yellow]interrupted[/]. Start again with: {resume_command(args)}")
+        console.print(f"[yellow]interrupted[/]. Start again with: {escape(resume_command(args))}")
         return 130
     if result.already_finished:
         console.print(summary_table(result))
         console.print(f"study {spec.name!r} is already finished ({sum(result.counts.values())} trials, refit and "
-                      f"reported); nothing to do. To run more trials: {resume_command(args, more=True)}")
+                      f"reported); nothing to do. To run more trials: {escape(resume_command(args, more=True))}")
         return 0
     console.print(summary_table(result))
     if result.tracking_lost:
         import shlex
-
-        from rich.markup import escape
 
         from hpo.cli.sync import EXIT_STILL_WAITING
         from hpo.tracking import redact
@@ -72,10 +71,13 @@ def main(args: argparse.Namespace) -> int:
                    f"hpo sync {shlex.quote(spec.name)} --tracking-uri {shlex.quote(shown)}{secret}, then "
                    if result.tracking_waiting else "once it answers, ")
         console.print(f"[red]stopped[/]: the tracking server {escape(shown)} did not answer. Finished trials are saved "
-                      f"in Optuna's storage; {escape(waiting)}continue with: hpo run {args.spec} --resume")
+                      f"in Optuna's storage; {escape(waiting)}continue with: {escape(resume_command(args))}")
         return EXIT_STILL_WAITING
+    if result.tracking_failed:
+        console.print(f"[red]incomplete tracking[/]: {escape(result.tracking_failed)}")
+        return 1
     if result.interrupted:
-        console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: {resume_command(args)}")
+        console.print(f"[yellow]interrupted[/]: finished trials are saved. Continue with: {escape(resume_command(args))}")
         return 130
     return 0
 

@@ -1,0 +1,149 @@
+"""After the search: the best trial refit on all training data, tested once, saved, logged, reported.
+
+best trial -> :class:`~hpo.trial.RefitJob` -> executor -> (model, test metrics) ->
+``checkpoint/best.pt`` + logged and registered model + summary on the parent run -> trials
+table -> report plots. The study loop (:mod:`hpo.study`) decides *whether* each step runs
+(a resumed study does not refit twice); this module only does them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo import space
+from hpo.metrics import METRICS
+from hpo.spec import Spec
+
+log = logging.getLogger("hpo")
+
+
+@dataclass
+class Refit:
+    """A refit model and what it was made from."""
+
+    model: Any  # torch.nn.Module on the CPU, eval mode
+    test_metrics: dict[str, float]
+    best: Any  # optuna FrozenTrial
+    epochs: int
+    params: dict[str, Any]
+
+
+def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | None:
+    """Train the best trial's parameters on the whole training split for the mean best epoch of its
+    folds, where trials run, and test once; ``None`` when no trial completed."""
+    from hpo.trial import RefitJob
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        log.warning("no trial completed; nothing to refit")
+        return None
+    params = space.resolve(spec, best.params)
+    epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
+    params = {**params, "epochs": epochs}
+    task_metrics = [m for m, info in METRICS.items() if info.task == spec.task]
+    job = RefitJob(model=spec.model, params=params, epochs=epochs, seed=spec.search.seed * 7 + 1,
+                   direction=spec.direction, metrics=task_metrics)
+    model, test_metrics = executor.refit(job, dataset)
+    return Refit(model, test_metrics, best, epochs, params)
+
+
+def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset: Any,
+              counts: dict[str, int]) -> str | None:
+    """Checkpoint, logged and registered model, and the summary (metrics, ``best_*`` params,
+    ``hpo.best.*`` tags) on the parent run; returns the model URI."""
+    from hpo.checkpoint import save_checkpoint
+    from hpo.tracking import CHECKPOINT_DIR
+
+    ds, best = dataset, refit.best
+    with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:  # the outbox keeps its own copy while offline
+        ckpt = save_checkpoint(Path(tmp) / "best.pt", model=spec.model, params=refit.params,
+                               input_shape=ds.input_shape, n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0,
+                               state=refit.model.state_dict(),
+                               extra={"trial": best.number, "test_metrics": refit.test_metrics, "spec": spec.raw,
+                                      "seed": spec.search.seed})
+        tracker.log_file(parent_id, ckpt, CHECKPOINT_DIR)
+    model_uri = log_model(refit.model, ds, uri=spec.tracking.uri, parent_id=parent_id, name=spec.name)
+
+    summary = {f"best_cv_{spec.metric}": best.value, "best_trial": best.number, "refit_epochs": refit.epochs}
+    summary.update({f"test_{k}": v for k, v in refit.test_metrics.items()})
+    summary.update({f"n_{k}": v for k, v in counts.items()})
+    tags = {f"hpo.best.{k}": str(v) for k, v in best.params.items()}
+    tags["hpo.best_trial"] = str(best.number)
+    if model_uri:
+        tags["hpo.model_uri"] = model_uri
+    tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
+    return model_uri
+
+
+def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str) -> str:
+    """``mlflow.pytorch.log_model`` onto the parent run, registered as ``name``, with a signature and
+    an input example from the test split and hpo's own code beside it; returns the model URI."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    import hpo
+
+    example = np.asarray(dataset.x_test[:5], dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, out)
+    # mlflow.pytorch.log_model works through the fluent API's globals: set them for this call only,
+    # then put back exactly what was there (including "not set"). The caller's active experiment
+    # (mlflow.set_experiment in a notebook, say) would make start_run refuse the study's parent run
+    previous = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    fluent._active_experiment_id = None
+    try:
+        with mlflow.start_run(run_id=parent_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", registered_model_name=name, signature=signature,
+                input_example=example, code_paths=[str(Path(hpo.__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
+    return info.model_uri
+
+
+def log_trials_table(study: Any, tracker: Any, parent_id: str) -> None:
+    """Optuna's trials table as ``trials.csv`` on the parent run."""
+    with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:
+        path = Path(tmp) / "trials.csv"
+        study.trials_dataframe().to_csv(path, index=False)
+        tracker.log_file(parent_id, path)
+
+
+def stored_model(tracker: Any, parent_id: str, uri: str) -> Any:
+    """The refit model from the parent run's checkpoint (to finish a report after an interruption),
+    or ``None`` when it cannot be read (the report then leaves out the plots that need it)."""
+    from hpo.checkpoint import load_model
+
+    try:
+        return load_model(tracker.out.real_id(parent_id), tracking_uri=uri)
+    except Exception as exc:
+        log.warning("could not reload the refit model for the report: %s", exc)
+        return None
+
+
+def write_study_report(study: Any, tracker: Any, parent_id: str, spec: Spec, dataset: Any, model: Any) -> None:
+    """The report plots on the parent run; a plotting problem never fails a finished study."""
+    from hpo.report import write_report
+
+    try:
+        write_report(study, tracker.client, parent_id, model=model, dataset=dataset, metric=spec.metric,
+                     task=spec.task)
+    except Exception as exc:
+        log.warning("the study finished but its report could not be written (%s); retry with: hpo report %s",
+                    exc, spec.name)
