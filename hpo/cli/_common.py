@@ -17,9 +17,10 @@ def tracking_uri(value: str) -> str:
     return value
 
 
-def add_tracking_uri(p: argparse.ArgumentParser) -> None:
-    """``--tracking-uri`` (default: the spec's, else sqlite:///mlruns/mlflow.db), checked like ``tracking.uri``."""
-    p.add_argument("--tracking-uri", metavar="URI", default=None, type=tracking_uri,
+def add_tracking_uri(p: argparse.ArgumentParser, *, check: bool = True) -> None:
+    """``--tracking-uri`` (default: the spec's, else sqlite:///mlruns/mlflow.db), checked like ``tracking.uri``
+    (``check=False`` where the spec's own validation checks the override and names the spec file)."""
+    p.add_argument("--tracking-uri", metavar="URI", default=None, type=tracking_uri if check else str,
                    help=f"MLflow tracking store (default: the spec's tracking.uri, else {DEFAULT_TRACKING_URI})")
 
 

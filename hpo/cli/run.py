@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="path to the study's YAML spec")
     p.add_argument("--n-trials", type=int, metavar="N", help="finished trials to reach (overrides search.n_trials)")
     p.add_argument("--seed", type=int, metavar="S", help="overrides search.seed")
-    add_tracking_uri(p)
+    add_tracking_uri(p, check=False)  # Spec.replace checks it, naming the spec file
     p.add_argument("--executor", choices=["local", "ray"], help="where trials run (overrides execution.executor)")
     p.add_argument("--address", metavar="ADDR", help="ray: cluster to join (overrides execution.address; "
                    "default RAY_ADDRESS, else a local Ray)")
