@@ -4,9 +4,11 @@ A study goes through phases; what the first signal does depends on the phase:
 
 - ``setup``, ``log`` (model logging and the study's summary writes): bookkeeping that should
   not be cut in half, so the signal is noted and the study stops when the phase ends;
+- ``report``: the signal is noted and the report stops before its next plot (its caller
+  polls :meth:`Interrupts.check`), so nothing is cut inside a library's drawing code;
 - ``search``: no new trial starts and running trials stop after their current epoch
   (``on_stop`` is called to tell them);
-- ``refit``, ``report``: long work that can simply be redone, so it is stopped at once.
+- ``refit``: long training that can simply be redone, so it is stopped at once.
 
 A second signal stops at once in every phase. While the study closes its runs after a stop
 (:meth:`Interrupts.closing`), further signals are counted and ignored, so a fast double or
@@ -19,8 +21,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-DEFERRED = ("setup", "log")
-IMMEDIATE = ("refit", "report")
+IMMEDIATE = ("refit",)
 
 
 class Interrupted(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,13 +138,19 @@ def stored_model(tracker: Any, parent_id: str, uri: str) -> Any:
         return None
 
 
-def write_study_report(study: Any, tracker: Any, parent_id: str, spec: Spec, dataset: Any, model: Any) -> None:
-    """The report plots on the parent run; a plotting problem never fails a finished study."""
+def write_study_report(study: Any, tracker: Any, parent_id: str, spec: Spec, dataset: Any, model: Any,
+                       stop: Callable[[], None] | None = None) -> None:
+    """The report plots on the parent run; a plotting problem never fails a finished study.
+
+    ``stop`` is called between plots: a noted Ctrl-C (:class:`~hpo.interrupts.Interrupted`) ends it."""
+    from hpo.interrupts import Interrupted
     from hpo.report import write_report
 
     try:
         write_report(study, tracker.client, parent_id, model=model, dataset=dataset, metric=spec.metric,
-                     task=spec.task)
+                     task=spec.task, stop=stop)
+    except Interrupted:
+        raise
     except Exception as exc:
         log.warning("the study finished but its report could not be written (%s); retry with: hpo report %s",
                     exc, spec.name)

@@ -65,7 +65,7 @@ class Report:
 
 
 def write_report(study: Any, client: Any, parent_run_id: str, *, model: Any = None, dataset: Any = None,
-                 metric: str, task: str) -> dict[str, float]:
+                 metric: str, task: str, stop: Callable[[], None] | None = None) -> dict[str, float]:
     """Draw the study's report and attach it to its MLflow parent run; return the importances.
 
     ``study``: the :class:`optuna.Study`; ``client``: an :class:`mlflow.MlflowClient` on the
@@ -89,7 +89,9 @@ def write_report(study: Any, client: Any, parent_run_id: str, *, model: Any = No
     except Exception as exc:  # a read-only storage costs `hpo show` an MLflow look-up, nothing more
         log.debug("report: cannot set %s on the study: %s", METRIC_ATTR, exc)
     with tempfile.TemporaryDirectory(prefix="hpo-report-") as tmp:
-        report = build_report(study, Path(tmp), model=model, dataset=dataset, metric=metric, task=task)
+        report = build_report(study, Path(tmp), model=model, dataset=dataset, metric=metric, task=task, stop=stop)
+        if stop is not None:
+            stop()
         client.log_artifacts(parent_run_id, tmp, REPORT_DIR)
     if report.importances:
         ts = int(time.time() * 1000)
@@ -105,10 +107,12 @@ def write_report(study: Any, client: Any, parent_run_id: str, *, model: Any = No
 
 
 def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any = None, metric: str,
-                 task: str) -> Report:
+                 task: str, stop: Callable[[], None] | None = None) -> Report:
     """Draw every plot of :func:`write_report` into ``out_dir`` (created if missing); no MLflow.
 
     Returns a :class:`Report` naming the files written and the plots skipped (with why).
+    ``stop`` is called before each plot; whatever it raises (a Ctrl-C the study noted) ends
+    the report there.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -125,6 +129,8 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
         params = _param_names(trials)
 
         def draw(name: str, make: Callable[[], tuple[Any, Any]]) -> None:
+            if stop is not None:
+                stop()
             t0 = time.perf_counter()
             try:
                 fig_html, fig_png = make()

@@ -644,7 +644,8 @@ class StudyRunner:
             self.interrupts.enter("report")
             if model is None and model_uri is not None:
                 model = refit.stored_model(self.tracker, self.parent_id, self.spec.tracking.uri)
-            refit.write_study_report(self.study, self.tracker, self.parent_id, self.spec, self.dataset, model)
+            refit.write_study_report(self.study, self.tracker, self.parent_id, self.spec, self.dataset, model,
+                                     stop=self.interrupts.check)
         self.interrupts.enter("log")
         self.study.set_user_attr(REPORT_ATTR, done)
         return model_uri, test_metrics
