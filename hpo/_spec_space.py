@@ -11,9 +11,24 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from hpo.params import PARAMS, check_value
+from hpo.params import ARCHITECTURE_PARAMS, MODELS, PARAMS, check_value
 
 MAX_GRID_POINTS = 100_000  # a grid search tries every point: above this it would not finish, and Optuna's grid sampler holds them all
+
+
+MODEL_PREFIX = "model."  # a model factory's own keywords live in the space as "model.<keyword>"
+
+
+def key_path(name: str) -> str:
+    """The spec key of parameter ``name``: ``params.lr``, or ``model.params.hidden`` for ``model.hidden``."""
+    if name.startswith(MODEL_PREFIX):
+        return f"model.params.{name[len(MODEL_PREFIX):]}"
+    return f"params.{name}"
+
+
+def _check(name: str, value: Any, model: str) -> str | None:
+    """``check_value`` for a known parameter; a factory's keyword is checked against its annotation later."""
+    return None if name.startswith(MODEL_PREFIX) else check_value(name, value, model)
 
 
 def closest(word: str, options: list[str] | tuple[str, ...]) -> str:
@@ -85,7 +100,7 @@ def check_grid_size(space: list[Param], problems: list) -> None:
     if total > MAX_GRID_POINTS:
         widest = max(sizes, key=sizes.__getitem__)
         problems.append(("params", f"the grid has {_approx(total)} points, more than the {MAX_GRID_POINTS:,} a grid "
-                         f"search may try (params.{widest} alone has {_approx(sizes[widest])}); use a coarser step, "
+                         f"search may try ({key_path(widest)} alone has {_approx(sizes[widest])}); use a coarser step, "
                          "list fewer values, or use sampler random or tpe"))
 
 
@@ -102,7 +117,7 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) -> tuple:
-    where = f"params.{name}.when"
+    where = f"{key_path(name)}.when"
     if not isinstance(when, dict) or not when:
         problems.append((where, f"must be a mapping of parameter -> value or list of values (got {when!r})"))
         return ()
@@ -152,7 +167,7 @@ def _parse_choices(name: str, value: Any, model: str, where: str, problems: list
             problems.append((where, f"choices must be distinct: {firsts[v]!r} and {v!r} are equal (got {value!r})"))
             return None
         firsts[v] = v
-    errs = [e for e in (check_value(name, v, model) for v in value) if e]
+    errs = [e for e in (_check(name, v, model) for v in value) if e]
     if errs:
         problems.append((where, errs[0]))
         return None
@@ -160,11 +175,19 @@ def _parse_choices(name: str, value: Any, model: str, where: str, problems: list
 
 
 def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Param]:
+    """The space of ``params`` (training parameters, and a factory's keywords named ``model.<keyword>``);
+    each problem is added to ``problems`` as ``(key path, rule)``."""
     space: list[Param] = []
     for name, value in params.items():
-        where = f"params.{name}"
-        if name not in PARAMS:
+        where = key_path(name)
+        own = name.startswith(MODEL_PREFIX)  # a factory's keyword: any name, its kind from its values
+        if not own and name not in PARAMS:
             problems.append((where, f"unknown parameter; known: {', '.join(PARAMS)}{closest(name, list(PARAMS))}"))
+            continue
+        if not own and name in ARCHITECTURE_PARAMS and model not in MODELS:
+            problems.append((where, f"is an architecture parameter of the built-in models ({', '.join(MODELS)}); "
+                             f"a model factory takes its own keywords: put the factory's keyword under "
+                             f"model.params: instead"))
             continue
         if name == "batch_norm" and model == "resnet" and value is not True:
             problems.append((where, "resnet always uses batch norm; remove this key"))
@@ -199,13 +222,14 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
                     ok = False
             if not ok:
                 continue
-            info = PARAMS[name]
-            if info.kind not in ("int", "float"):
-                problems.append((where, f"{name} is a {info.kind} parameter: give a value or a list of values, not a range"))
+            kind = "int" if own else PARAMS[name].kind
+            if kind not in ("int", "float"):
+                problems.append((where, f"{name} is a {kind} parameter: give a value or a list of values, not a range"))
                 continue
-            # the parameter's kind decides: a float parameter stays float with integer bounds ({low: 0, high: 1})
-            is_int = info.kind == "int"
             bounds_int = isinstance(low, int) and isinstance(high, int) and not isinstance(value.get("step"), float)
+            # the parameter's kind decides: a float parameter stays float with integer bounds ({low: 0, high: 1});
+            # a factory's keyword goes by its bounds here, and by its annotation once the factory is imported
+            is_int = bounds_int if own else kind == "int"
             if is_int and not bounds_int:
                 problems.append((where, f"{name} takes integers: low and high must be integers (got {low!r}, {high!r})"))
                 continue
@@ -235,7 +259,7 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
                                      f"{high - low!r}): only low would ever be tried; use a smaller step, or "
                                      "a single value"))
                     continue
-            bad = [(k, check_value(name, v, model)) for k, v in (("low", low), ("high", high))]
+            bad = [(k, _check(name, v, model)) for k, v in (("low", low), ("high", high))]
             bad = [(k, b) for k, b in bad if b]
             if bad:
                 problems.append((f"{where}.{bad[0][0]}", bad[0][1]))
@@ -249,7 +273,7 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
             if choice is not None:
                 space.append(Choice(name, choice) if len(choice) > 1 else Fixed(name, choice[0]))
         else:
-            err = check_value(name, value, model)
+            err = _check(name, value, model)
             if err:
                 problems.append((where, err))
                 continue
@@ -271,7 +295,7 @@ def _check_cycles(space: list[Param], problems: list) -> None:
                 path.pop()
             elif nxt == start:
                 cycle = " -> ".join([*path, start])
-                problems.append((f"params.{start}.when", f"conditions form a cycle ({cycle}); a parameter cannot depend on itself, even through others"))
+                problems.append((f"{key_path(start)}.when", f"conditions form a cycle ({cycle}); a parameter cannot depend on itself, even through others"))
                 return
             elif nxt in deps and nxt not in path:
                 path.append(nxt)

@@ -17,6 +17,8 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "softplus
 SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau")
 MODELS = ("mlp", "cnn", "resnet")
 RESNET_DEPTHS = (20, 32, 44, 56, 110)
+# the built-in networks' own keywords: a model factory takes its own (``model.params:``) instead
+ARCHITECTURE_PARAMS = ("depth", "width", "activation", "batch_norm", "dropout")
 
 # Architecture defaults differ per model; everything else is shared.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -84,9 +86,18 @@ PARAMS: dict[str, ParamInfo] = {
 
 def default_value(name: str, model: str) -> Any:
     """Return the default of parameter ``name`` for ``model``."""
-    if name in MODEL_DEFAULTS[model]:
-        return MODEL_DEFAULTS[model][name]
+    defaults = MODEL_DEFAULTS.get(model, {})
+    if name in defaults:
+        return defaults[name]
     return PARAMS[name].default
+
+
+def param_names(model: str) -> tuple[str, ...]:
+    """The known parameters a trial of ``model`` trains with: all of :data:`PARAMS` for a built-in model;
+    for a model factory (any other name) the training ones, without :data:`ARCHITECTURE_PARAMS`."""
+    if model in MODELS:
+        return tuple(PARAMS)
+    return tuple(n for n in PARAMS if n not in ARCHITECTURE_PARAMS)
 
 
 def check_value(name: str, value: Any, model: str) -> str | None:

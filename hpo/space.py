@@ -3,13 +3,15 @@
 One bounds convention everywhere: both ends inclusive, as in Optuna. Conditional
 parameters (``when``) are only suggested when their condition holds; otherwise the
 trial uses the parameter's default and the parameter is not part of the sampled set.
+A model factory's keywords are parameters named ``model.<keyword>``; one that is not active is
+left out, so the factory's own default applies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hpo.params import PARAMS, default_value
+from hpo.params import default_value, param_names
 from hpo.spec import Choice, Fixed, Param, Range, Spec
 
 
@@ -38,7 +40,7 @@ def _active(p: Param, values: dict[str, Any]) -> bool:
 
 def _walk(spec: Spec, pick) -> tuple[dict[str, Any], dict[str, Any]]:
     """Go through the space parents-first; ``pick(param)`` gives a varying parameter's value."""
-    values = {name: default_value(name, spec.model) for name in PARAMS}
+    values = {name: default_value(name, spec.model) for name in param_names(spec.model)}
     sampled: dict[str, Any] = {}
     for p in _ordered(spec.space):
         if not _active(p, values):

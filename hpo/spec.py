@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpo._spec_model import check_factory, parse_model
 from hpo._spec_space import (
     MAX_GRID_POINTS,
     Choice,
@@ -25,13 +26,14 @@ from hpo._spec_space import (
     Range,
     check_grid_size,
     closest,
+    key_path,
     parse_params,
     same_value,
 )
 from hpo._spec_yaml import MAX_SPEC_BYTES, SpecLoader, file_kind, read_limited
 from hpo.errors import SpecError
 from hpo.metrics import DEFAULT_METRIC, METRICS
-from hpo.params import MODEL_DEFAULTS, PARAMS, default_value
+from hpo.params import MODEL_DEFAULTS, MODELS, default_value, param_names
 from hpo.store_uris import store_uri_problem
 
 MAX_SEED = 2**32 - 1  # numpy's and the fold splitter's seeds are 32-bit
@@ -116,7 +118,7 @@ class TrackingSpec(_Section):
 class _RawSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
     data: DataSpec
-    model: Literal["mlp", "cnn", "resnet"]
+    model: Any  # a built-in or entry-point name, or {factory:, params:}: checked by hpo._spec_model
     search: SearchSpec = SearchSpec()
     cv: CVSpec = CVSpec()
     params: dict[str, Any] = Field(default_factory=dict)
@@ -130,7 +132,7 @@ class Spec:
 
     name: str
     data: DataSpec
-    model: str
+    model: str  # the built-in name, or the model factory's target as written (see is_factory_model)
     search: SearchSpec
     cv: CVSpec
     execution: ExecutionSpec
@@ -148,6 +150,11 @@ class Spec:
     def experiment(self) -> str:
         """MLflow experiment name (``tracking.experiment`` or the study name)."""
         return self.tracking.experiment or self.name
+
+    @property
+    def is_factory_model(self) -> bool:
+        """Whether ``model`` is a model factory (user code: ``module:attr`` or an entry point), not a built-in."""
+        return self.model not in MODELS
 
     @property
     def spec_hash(self) -> str:
@@ -169,7 +176,7 @@ class Spec:
 
     def fixed_params(self) -> dict[str, Any]:
         """Every parameter's value where it does not vary: given fixed values and defaults."""
-        out = {name: default_value(name, self.model) for name in PARAMS}
+        out = {name: default_value(name, self.model) for name in param_names(self.model)}
         out.update({p.name: p.value for p in self.space if isinstance(p, Fixed)})
         return out
 
@@ -252,7 +259,7 @@ def parse_spec(text: str, source_path: str | None = None) -> Spec:
         parsed = _RawSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(_pydantic_problems(exc)) from None
-    spec = _resolve(parsed, raw)
+    spec = _resolve(parsed, raw, source_path)
     return _dc_replace(spec, source=text, path=source_path)
 
 
@@ -306,9 +313,10 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple[str, ...] = ()) -> li
     return problems
 
 
-def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
+def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = None) -> Spec:
     problems: list[tuple[str, str]] = []
     d = raw.data
+    model, model_params, factory_key = parse_model(raw.model, problems)
 
     # data
     if d.dataset not in DATASETS:
@@ -330,8 +338,8 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
                 problems.append((f"data.{key}", f"only for dataset csv (dataset is {d.dataset})"))
     task = d.task or ("regression" if d.dataset in REGRESSION_DATASETS else "classification")
 
-    if raw.model in ("cnn", "resnet") and d.dataset in DATASETS and d.dataset not in IMAGE_DATASETS:
-        problems.append(("model", f"{raw.model} needs image data; {d.dataset} is tabular: use model: mlp"))
+    if model in ("cnn", "resnet") and d.dataset in DATASETS and d.dataset not in IMAGE_DATASETS:
+        problems.append(("model", f"{model} needs image data; {d.dataset} is tabular: use model: mlp"))
 
     # search
     s = raw.search
@@ -357,7 +365,10 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
     _check_tracking(raw.tracking, problems)
 
     # params
-    space = parse_params(raw.params, raw.model, problems)
+    # a factory's keywords first (model.<keyword>), then the training parameters: one space, one grammar
+    space = parse_params({**model_params, **raw.params}, model, problems)
+    if factory_key and not any(k == "model" or k.startswith("model.") for k, _ in problems):
+        space = check_factory(model, factory_key, space, source_path, problems)  # imports the user's module
     # keys the trainer would silently ignore: say so rather than spend trials on them
     if "label_smoothing" in raw.params and task == "regression":
         problems.append(("params.label_smoothing", "has no effect on a regression task (it smooths "
@@ -370,11 +381,11 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
     if s.sampler == "grid":
         for p in space:
             if isinstance(p, Range) and not p.is_int and p.step is None:
-                problems.append((f"params.{p.name}", "grid search needs a finite grid: give this float range a step, or list the values"))
+                problems.append((key_path(p.name), "grid search needs a finite grid: give this float range a step, or list the values"))
             if isinstance(p, Range) and p.log:
-                problems.append((f"params.{p.name}", "grid search cannot use log: true; list the values instead"))
+                problems.append((key_path(p.name), "grid search cannot use log: true; list the values instead"))
             if p.when:
-                problems.append((f"params.{p.name}.when", "grid search does not support conditional parameters; use sampler random or tpe, or list the combinations as separate specs"))
+                problems.append((f"{key_path(p.name)}.when", "grid search does not support conditional parameters; use sampler random or tpe, or list the combinations as separate specs"))
         check_grid_size(space, problems)
     elif n_trials is None:
         problems.append(("search.n_trials", f"required for sampler {s.sampler}: how many trials to run"))
@@ -383,7 +394,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any]) -> Spec:
         raise SpecError(problems)
 
     spec = Spec(
-        name=raw.name, data=d, model=raw.model, search=s, cv=raw.cv, execution=raw.execution,
+        name=raw.name, data=d, model=model, search=s, cv=raw.cv, execution=raw.execution,
         tracking=raw.tracking, space=tuple(space), task=task, metric=metric, direction=direction,
         n_trials=0, raw=raw_dict,
     )

@@ -70,6 +70,17 @@ def _on_path(dirs: Iterable[Path]):
                 pass
 
 
+@contextmanager
+def _no_bytecode():
+    """Import without writing ``__pycache__`` beside the user's code: loading a spec writes nothing."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def entry_point(group: str, name: str) -> str | None:
     """``module:attr`` that installed distributions declare for ``name`` in entry-point ``group``."""
     for ep in importlib.metadata.entry_points(group=group):
@@ -78,8 +89,12 @@ def entry_point(group: str, name: str) -> str | None:
     return None
 
 
-def load_target(target: str, *, spec_path: str | Path | None = None, group: str | None = None) -> Callable[..., Any]:
+def load_target(target: str, *, spec_path: str | Path | None = None, group: str | None = None,
+                also: Iterable[str | Path] = ()) -> Callable[..., Any]:
     """Import ``target`` (``module:attr``, or an entry-point name of ``group``) and return the callable.
+
+    ``also``: folders searched after the spec's folder and the working directory (a checkpoint
+    records where its factory's code was).
 
     Raises :class:`UserCodeError` when the module does not import (with the import error and
     the folders searched), the attribute is missing or not callable.
@@ -95,8 +110,9 @@ def load_target(target: str, *, spec_path: str | Path | None = None, group: str 
                             f"(got {target!r})")
     module_name, attr = parsed
     dirs = search_dirs(spec_path)
+    dirs += [d for d in (Path(x).resolve() for x in also) if d not in dirs]
     try:
-        with _on_path(dirs):
+        with _on_path(dirs), _no_bytecode():
             module = importlib.import_module(module_name)
     except Exception as exc:  # importing runs the user's module: any error is theirs to see
         searched = ", ".join(str(d) for d in dirs)
@@ -122,6 +138,11 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return typing.get_type_hints(target)
     except Exception:  # an annotation that does not resolve is the user's business, not a reason to refuse
         return {}
+
+
+def annotation(fn: Callable[..., Any], keyword: str) -> Any:
+    """The annotation of ``fn``'s ``keyword`` (``inspect.Parameter.empty`` when it has none)."""
+    return _hints(fn).get(keyword, inspect.Parameter.empty)
 
 
 def _fits(value: Any, hint: Any) -> bool:
