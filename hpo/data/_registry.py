@@ -137,7 +137,7 @@ def load_dataset(
 
         return load_mnist_5k(test_size=test_size, seed=seed)
     if key == "csv":
-        from hpo.data._csv import load_csv
+        from hpo.data._table import load_csv
 
         return load_csv(path, target=target, task=resolved_task, test_size=test_size, seed=seed)
 
