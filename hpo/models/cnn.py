@@ -7,7 +7,7 @@ from torch import nn
 
 from hpo.models._layers import check_dropout, check_image_shape, check_positive, make_activation
 
-__all__ = ["CNN"]
+__all__ = ["CNN", "build"]
 
 
 class CNN(nn.Module):
@@ -77,3 +77,10 @@ class CNN(nn.Module):
         x = self.flatten(x)  # (B, C')
         x = self.dropout(x)  # (B, C')
         return self.head(x)  # (B, n_outputs)
+
+
+def build(input_shape: tuple[int, ...], n_outputs: int, *, depth: int = 2, width: int = 32, activation: str = "relu",
+          dropout: float = 0.0, batch_norm: bool = True) -> CNN:
+    """The ``cnn`` model factory (entry point ``hpo.models: cnn``): a :class:`CNN`; defaults as in a spec."""
+    return CNN(input_shape, n_outputs, depth=depth, width=width, activation=activation, dropout=dropout,
+               batch_norm=bool(batch_norm))

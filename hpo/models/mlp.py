@@ -9,7 +9,7 @@ from torch import nn
 
 from hpo.models._layers import check_dropout, check_positive, make_activation
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "build"]
 
 
 class MLP(nn.Module):
@@ -70,3 +70,10 @@ class MLP(nn.Module):
         x = self.flatten(x)  # (B, F)
         x = self.body(x)  # (B, width), or (B, F) when depth == 0
         return self.head(x)  # (B, n_outputs)
+
+
+def build(input_shape: tuple[int, ...], n_outputs: int, *, depth: int = 2, width: int = 128, activation: str = "relu",
+          dropout: float = 0.0, batch_norm: bool = False) -> MLP:
+    """The ``mlp`` model factory (entry point ``hpo.models: mlp``): an :class:`MLP`; defaults as in a spec."""
+    return MLP(input_shape, n_outputs, depth=depth, width=width, activation=activation, dropout=dropout,
+               batch_norm=bool(batch_norm))

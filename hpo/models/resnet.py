@@ -10,7 +10,7 @@ from torch import nn
 
 from hpo.models._layers import check_dropout, check_image_shape, check_positive, make_activation
 
-__all__ = ["RESNET_DEPTHS", "BasicBlock", "PadShortcut", "ResNet"]
+__all__ = ["RESNET_DEPTHS", "BasicBlock", "PadShortcut", "ResNet", "build"]
 
 #: Valid total depths ``6n + 2`` (n = 3, 5, 7, 9, 18 basic blocks per stage).
 RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
@@ -163,3 +163,9 @@ class ResNet(nn.Module):
         x = self.flatten(x)  # (B, 4w)
         x = self.dropout(x)  # (B, 4w)
         return self.head(x)  # (B, n_outputs)
+
+
+def build(input_shape: tuple[int, ...], n_outputs: int, *, depth: int = 20, width: int = 16, activation: str = "relu",
+          dropout: float = 0.0) -> ResNet:
+    """The ``resnet`` model factory (entry point ``hpo.models: resnet``): a :class:`ResNet` (batch norm always on)."""
+    return ResNet(input_shape, n_outputs, depth=depth, width=width, activation=activation, dropout=dropout)
