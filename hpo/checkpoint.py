@@ -5,6 +5,8 @@ Saved with ``torch.save`` as plain tensors and primitives and always read back w
 loader refuses (a pickled payload) or cannot parse (truncated, not a checkpoint) is reported
 as "unreadable or unsafe", never loaded another way. The spec saved inside a checkpoint has its
 passwords hidden (:func:`hpo.redact.redact_data`): checkpoints travel further than stores do.
+A model factory's checkpoint also records the factory (target, keyword arguments, the folder its code
+was imported from, its source hash): loading re-imports it, looking in that folder too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 from torch import nn
 
 from hpo.errors import HpoError
+from hpo.models import BUILTIN_FACTORIES
 from hpo.redact import redact_data
+from hpo.usercode import UserCodeError
 
 FORMAT = 1
 
@@ -41,8 +45,28 @@ def save_checkpoint(path: Path, *, model: str, params: dict[str, Any], input_sha
         "folds": folds,
         "extra": redact_data(extra or {}),
     }
+    if model not in BUILTIN_FACTORIES:
+        blob["factory"] = _factory_record(model, params)
     torch.save(blob, path)
     return path
+
+
+def _factory_record(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Plain values that say which factory built the model and with what (``weights_only`` reads them)."""
+    from hpo.models import factory_kwargs, model_factory
+    from hpo.usercode import code_folder, source_file, source_hash
+
+    record: dict[str, Any] = {"target": model, "kwargs": factory_kwargs(params)}
+    try:
+        fn = model_factory(model)  # imported when the spec was loaded: this finds it in sys.modules
+    except Exception:  # the weights are still worth saving; loading will say what is missing
+        return record
+    folder, source = code_folder(fn), source_file(fn)
+    if folder is not None:
+        record["path"] = str(folder.parent)  # what goes on sys.path to import it again
+    record["source"] = str(source) if source else ""
+    record["code_hash"] = source_hash(fn) or ""
+    return record
 
 
 def _unreadable(what: str, why: str) -> HpoError:
@@ -87,8 +111,9 @@ def model_from_checkpoint(blob: dict[str, Any], fold: int | None = None) -> nn.M
     from hpo.training import Standardized
 
     state = blob["state"] if fold is None else blob["folds"][fold]
+    factory = blob.get("factory") or {}
     net = build_model(blob["model"], input_shape=tuple(blob["input_shape"]), n_outputs=blob["n_outputs"],
-                      params=blob["params"])
+                      params=blob["params"], code_dirs=[factory["path"]] if factory.get("path") else ())
     model = Standardized(net, state["x_mean"], state["x_std"], blob["regression"])
     model.load_state_dict(state)
     return model.eval()
@@ -121,6 +146,9 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
             blob = read_checkpoint(local, what)
         try:
             return model_from_checkpoint(blob, fold=None if blob["state"] is not None else 0)
+        except UserCodeError as exc:  # the factory's code is not where it was, nor installed
+            raise HpoError(f"the model of {what} is built by the factory {blob['model']}, which cannot be "
+                           f"imported here: {exc}") from None
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             raise _unreadable(what, f"its weights do not fit its model: {type(exc).__name__}: {exc}") from None
     raise TrackingError(f"run {run_id} has no checkpoint (checkpoint/best.pt or checkpoint/trial.pt); "

@@ -83,9 +83,13 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
     return model_uri
 
 
-def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str) -> str:
+def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, factory: str | None = None) -> str:
     """``mlflow.pytorch.log_model`` onto the parent run, registered as ``name``, with a signature and
-    an input example from the test split and hpo's own code beside it; returns the model URI."""
+    an input example from the test split and hpo's own code beside it; returns the model URI.
+
+    The user's code travels too: the local module file or package folder of every class in ``model``
+    that is not torch's or hpo's (and of the model ``factory``, when given), so the registered model
+    loads where that code is not installed. Code from installed distributions is left to them."""
     import mlflow
     import torch
     from mlflow.models import infer_signature
@@ -110,12 +114,34 @@ def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str) 
         with mlflow.start_run(run_id=parent_id):
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=name, signature=signature,
-                input_example=example, code_paths=[str(Path(hpo.__file__).parent)],
+                input_example=example, code_paths=[str(Path(hpo.__file__).parent), *_user_code(model, factory)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
     finally:
         tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
     return info.model_uri
+
+
+def _user_code(model: Any, factory: str | None) -> list[str]:
+    """Local folders/files of the user code ``model`` is made of: what unpickling it will import."""
+    import hpo
+    from hpo.usercode import code_folder
+
+    own = Path(hpo.__file__).resolve().parent
+    found: list[str] = []
+    objects = [type(m) for m in model.modules()]
+    if factory is not None:
+        from hpo.models import BUILTIN_FACTORIES, model_factory
+
+        if factory not in BUILTIN_FACTORIES:
+            objects.append(model_factory(factory))
+    for obj in objects:
+        if getattr(obj, "__module__", "") == "__main__":
+            continue  # pickled by value: nothing to ship
+        folder = code_folder(obj)
+        if folder is not None and folder != own and own not in folder.parents and str(folder) not in found:
+            found.append(str(folder))
+    return found
 
 
 def log_trials_table(study: Any, tracker: Any, parent_id: str) -> None:

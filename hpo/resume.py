@@ -22,6 +22,7 @@ from hpo.spec import Choice, Fixed, Param, Range, Spec
 KEY_ATTR = "hpo.resume_key"
 REFIT_ATTR = "hpo.refit"
 REPORT_ATTR = "hpo.reported"
+CODE_KEY = "model.code_hash"  # SHA-256 of the model factory's source file, for a factory model
 METRIC_ATTR = "hpo.metric"  # written by every version of hpo, so older studies are checked on the metric
 
 
@@ -51,7 +52,17 @@ def resume_key(spec: Spec) -> dict[str, str]:
         "data.test_size": f"{d.test_size:g}",
     }
     key.update({f"params.{p.name}": _param(p) for p in spec.space})
+    if spec.is_factory_model:  # the factory's code decides what a trial's value means as much as its params
+        key[CODE_KEY] = _factory(spec)[0]
     return key
+
+
+def _factory(spec: Spec) -> tuple[str, str]:
+    """``(source hash, source file)`` of the spec's model factory (imported when the spec was loaded)."""
+    from hpo.usercode import load_target, source_file, source_hash
+
+    fn = load_target(spec.model, spec_path=spec.path, group="hpo.models")
+    return source_hash(fn) or "no source file", str(source_file(fn) or spec.model)
 
 
 def check_resume(spec: Spec, user_attrs: dict[str, Any], direction: str | None) -> None:
@@ -78,6 +89,11 @@ def check_resume(spec: Spec, user_attrs: dict[str, Any], direction: str | None) 
             continue
         was = "not set" if old is None else repr(old)
         is_ = "nothing (removed)" if new is None else repr(new)
+        if k == CODE_KEY and old is not None and new is not None:
+            problems.append((k, f"the model factory's source file {_factory(spec)[1]} changed since the study started "
+                                f"(its hash was {old}, it is now {new}): trials run with the new code would not "
+                                "compare with the ones before"))
+            continue
         problems.append((k, f"changed since the study started: it was started with {was}, the spec now says {is_}"))
     if problems:
         problems.append(("", f"--resume continues the study {spec.name!r} only with the spec it was started with "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 NAME = "validate"
-HELP = "check a spec; print the resolved space, grid size and defaults (exit 2 on errors)"
+HELP = ("check a spec; print the resolved space, grid size and defaults; build a factory model once "
+        "(exit 2 on errors)")
 EXAMPLES = """examples:
   hpo validate search_spaces/digits_mlp.yaml
 """
@@ -26,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
     from hpo.spec import load_spec
 
     spec = load_spec(args.spec)
+    built = _check_model(spec) if spec.is_factory_model else None  # before any output: an error prints only itself
     console = Console()
     console.print(f"[green]ok[/]: {args.spec}")
     console.print(f"study [bold]{spec.name}[/]: {spec.model} on {spec.data.dataset} ({spec.task}), "
@@ -40,4 +43,16 @@ def main(args: argparse.Namespace) -> int:
     for row in space.describe(spec):
         table.add_row(*row)
     console.print(table)
+    if built is not None:
+        console.print(f"model {spec.model}: {built.describe()}")
     return 0
+
+
+def _check_model(spec: Any) -> Any:
+    """Build the factory's model once for the spec's data, on the CPU (a :class:`hpo.models.BuildCheck`);
+    SpecError (exit 2) when it cannot."""
+    from hpo.data import load_spec_dataset
+    from hpo.models import check_build
+
+    dataset = load_spec_dataset(spec)  # the model's input shape and outputs come from the data
+    return check_build(spec, tuple(dataset.input_shape), dataset.n_classes or 1)
