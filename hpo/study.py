@@ -179,6 +179,10 @@ class StudyRunner:
                            given_as="this study's tracking URI (tracking.uri or --tracking-uri)")
         # data next: a bad dataset is an error before anything is written
         self.dataset = load_spec_dataset(spec)
+        if spec.is_factory_model:  # the user's factory builds a model of the right shape, or nothing runs
+            from hpo.models import check_build
+
+            check_build(spec, self.dataset.input_shape, self.dataset.n_classes or 1)
         folds = make_folds(self.dataset.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification",
                           self.dataset.class_names)
         self.device = resolve_device(spec.execution.device)
@@ -231,7 +235,7 @@ class StudyRunner:
         if ex.executor == "ray":
             from hpo.executors.ray import RayExecutor, connect
 
-            self._started_ray = connect(ex.address)
+            self._started_ray = connect(ex.address, code_dirs=self._code_dirs())
             sink_args = {"tracking_uri": spec.tracking.uri, "storage_url": self.storage_url,
                          "study_name": spec.name, "metric": spec.metric, "spec": spec,
                          "spool": str(self.tracker.spool)}
@@ -245,6 +249,14 @@ class StudyRunner:
 
         self.fold_data = FoldData.build(ds.x_train, ds.y_train, ds.n_classes, folds, self.device)
         return LocalExecutor(self.fold_data, self.sink, ex.max_concurrent_trials, ex.threads_per_trial)
+
+    def _code_dirs(self) -> list[str]:
+        """Where the spec's user code is imported from (spec folder, working directory), when it has any."""
+        from hpo.usercode import search_dirs
+
+        spec = self.spec
+        uses_code = spec.is_factory_model or bool(getattr(spec.data, "factory", None))
+        return [str(d) for d in search_dirs(spec.path)] if uses_code else []
 
     def _rebuild_state(self) -> None:
         """On resume: fail and re-queue trials a dead driver left RUNNING, re-queue interrupted ones."""

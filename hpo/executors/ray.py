@@ -102,8 +102,12 @@ def _warm_up_torch() -> None:
     torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, code_dirs: list[str] | tuple[str, ...] = ()) -> bool:
     """Connect to Ray: ``address`` (or ``RAY_ADDRESS``), else start a local Ray sized to this machine.
+
+    ``code_dirs``: folders the user's code (``factory:`` modules) is imported from; a local Ray's
+    workers get them on their ``PYTHONPATH``. On a cluster the code travels with the job
+    (``hpo submit`` ships it in the job's working directory) or is installed there.
 
     Returns True when this call started Ray (the caller shuts it down). Raises HpoError when
     the cluster cannot be reached.
@@ -116,6 +120,9 @@ def connect(address: str | None) -> bool:
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
     if target == "local":
         kwargs.update(num_cpus=os.cpu_count(), include_dashboard=False)
+        if code_dirs:
+            path = [*code_dirs, *filter(None, [os.environ.get("PYTHONPATH")])]
+            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
     try:
         ray.init(address=target, **kwargs)
     except Exception as exc:
