@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpo._spec_data import DATASETS, TABULAR_DATASETS, check_data
 from hpo._spec_model import check_factory, parse_model
 from hpo._spec_space import (
     MAX_GRID_POINTS,
@@ -42,14 +43,6 @@ MAX_SEED = 2**32 - 1  # numpy's and the fold splitter's seeds are 32-bit
 MAX_EXPERIMENT_NAME = 256
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
-BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "mnist_5k")
-FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "csv")
-DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100")
-DATASETS = BUILTIN_DATASETS + FILE_DATASETS
-IMAGE_DATASETS = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10", "cifar100")
-REGRESSION_DATASETS = ("diabetes",)
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -58,14 +51,22 @@ class _Section(BaseModel):
 
 
 class DataSpec(_Section):
-    """``data:`` — which dataset and how to split it."""
+    """``data:`` — which dataset (or the user's data factory) and how to split and scale it."""
 
-    dataset: str
+    dataset: str | None = None  # required unless factory is given (checked by hpo._spec_data)
+    factory: str | None = None  # "module:attr" or an installed hpo.data entry point: the user's data function
+    args: dict[str, Any] = Field(default_factory=dict)  # the factory's keyword arguments (fixed, not searched)
     path: str | None = None
     target: str | None = None
     task: Literal["classification", "regression"] | None = None
     test_size: float = Field(0.2, gt=0, lt=1)
     download: bool = False
+    standardize: bool = True  # per-fold input standardisation; false for inputs already normalised
+
+    @property
+    def label(self) -> str:
+        """What the data is, in a word: the dataset's name or the factory's target."""
+        return self.dataset if self.dataset is not None else f"factory {self.factory}"
 
 
 class SearchSpec(_Section):
@@ -319,26 +320,9 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
     model, model_params, factory_key = parse_model(raw.model, problems)
 
     # data
-    if d.dataset not in DATASETS:
-        problems.append(("data.dataset", f"unknown dataset {d.dataset!r}; known: {', '.join(DATASETS)}{closest(d.dataset, DATASETS)}"))
-    if d.dataset in FILE_DATASETS and not d.path:
-        problems.append(("data.path", f"required for dataset {d.dataset} (a folder of its files{'' if d.dataset != 'csv' else '; a CSV file'})"))
-    if d.dataset in BUILTIN_DATASETS and d.path:
-        problems.append(("data.path", f"{d.dataset} is bundled with hpo's dependencies and takes no path (got {d.path!r})"))
-    if d.download and d.dataset not in DOWNLOADABLE:
-        problems.append(("data.download", f"only {', '.join(DOWNLOADABLE)} can be downloaded (dataset is {d.dataset})"))
-    if d.dataset == "csv":
-        if not d.target:
-            problems.append(("data.target", "required for csv: the name of the target column"))
-        if not d.task:
-            problems.append(("data.task", "required for csv: classification or regression"))
-    else:
-        for key in ("target", "task"):
-            if getattr(d, key) is not None:
-                problems.append((f"data.{key}", f"only for dataset csv (dataset is {d.dataset})"))
-    task = d.task or ("regression" if d.dataset in REGRESSION_DATASETS else "classification")
+    task = check_data(d, problems, source_path)  # a data.factory is imported here, its args checked
 
-    if model in ("cnn", "resnet") and d.dataset in DATASETS and d.dataset not in IMAGE_DATASETS:
+    if model in ("cnn", "resnet") and d.dataset in TABULAR_DATASETS:
         problems.append(("model", f"{model} needs image data; {d.dataset} is tabular: use model: mlp"))
 
     # search
@@ -373,7 +357,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
     if "label_smoothing" in raw.params and task == "regression":
         problems.append(("params.label_smoothing", "has no effect on a regression task (it smooths "
                          "classification targets); remove this key"))
-    if "augment" in raw.params and d.dataset in DATASETS and d.dataset not in IMAGE_DATASETS:
+    if "augment" in raw.params and d.dataset in TABULAR_DATASETS:
         problems.append(("params.augment", f"has no effect on tabular data ({d.dataset}): augment crops and "
                          "flips images; remove this key"))
 

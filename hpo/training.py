@@ -57,10 +57,17 @@ class Standardized(nn.Module):
         return out  # (B, n_classes)
 
 
-def fit_stats(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of ``x[idx]``: per feature for (N, F), per channel for (N, C, H, W)."""
+def fit_stats(x: torch.Tensor, idx: torch.Tensor, enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``x[idx]``: per feature for (N, F), per channel for (N, C, H, W).
+
+    ``enabled=False`` (``data.standardize: false``): zeros and ones of the same shapes, so the
+    inputs reach the network unchanged and a saved model has the same buffers either way.
+    """
+    dims = (0,) if x.dim() == 2 else (0, 2, 3)
+    if not enabled:
+        shape = (x.shape[1],) + (1,) * (x.dim() - 2)  # (F,) or (C, 1, 1), as the fitted stats
+        return torch.zeros(shape, device=x.device), torch.ones(shape, device=x.device)
     part = x[idx].float()
-    dims = (0,) if part.dim() == 2 else (0, 2, 3)
     mean = part.mean(dim=dims, keepdim=True)[0]
     std = part.std(dim=dims, keepdim=True)[0]
     std = torch.where(std < 1e-6, torch.ones_like(std), std)  # constant features stay as they are
@@ -125,16 +132,18 @@ class Data:
     y: torch.Tensor
     n_classes: int
     device: torch.device
+    standardize: bool = True  # data.standardize: a learner fits the input mean/std of its training indices
 
     @classmethod
-    def from_arrays(cls, x: np.ndarray, y: np.ndarray, n_classes: int, device: torch.device | str) -> Data:
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, n_classes: int, device: torch.device | str,
+                    standardize: bool = True) -> Data:
         """Move arrays to ``device`` once (uint8 images stay uint8 to save memory)."""
         dev = torch.device(device)
         # arrays from Ray's object store are read-only; torch wants its own copy of those
         xt = torch.as_tensor(x if x.flags.writeable else x.copy()).to(dev)
         yt = torch.as_tensor(y if y.flags.writeable else y.copy()).to(dev)
         yt = yt.long() if n_classes else yt.float()
-        return cls(xt, yt, n_classes, dev)
+        return cls(xt, yt, n_classes, dev, standardize)
 
     @property
     def is_image(self) -> bool:
@@ -177,7 +186,7 @@ class Learner:
         self.direction = direction
         self.regression = data.n_classes == 0
         cuda = data.device.type == "cuda"
-        x_mean, x_std = fit_stats(data.x, self.train_idx)
+        x_mean, x_std = fit_stats(data.x, self.train_idx, data.standardize)
         y_mean, y_std = 0.0, 1.0
         if self.regression:
             yt = data.y[self.train_idx]

@@ -41,7 +41,7 @@ from hpo.errors import DataError, HpoError
 def test_names_and_registry_are_consistent() -> None:
     assert DATASETS == (
         "digits", "iris", "wine", "breast_cancer", "diabetes", "mnist_5k",
-        "mnist", "fashion_mnist", "cifar10", "cifar100", "csv",
+        "mnist", "fashion_mnist", "cifar10", "cifar100", "csv", "npz", "parquet",
     )  # fmt: skip
     assert set(FILE_DATASETS) <= set(DATASETS)
     assert set(DOWNLOADABLE) <= set(FILE_DATASETS)

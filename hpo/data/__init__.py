@@ -1,4 +1,5 @@
-"""Data sets for hpo: scikit-learn's bundled sets, MNIST-style IDX files, CIFAR, CSV.
+"""Data sets for hpo: scikit-learn's bundled sets, MNIST-style IDX files, CIFAR; the user's CSV,
+parquet and npz files and data factories (``data.factory``).
 
 ``load_dataset(name, ...)`` returns a :class:`Dataset` with a train/test split; every
 problem is reported as :class:`hpo.errors.DataError`. ``load_spec_dataset(spec)`` loads a
@@ -8,6 +9,7 @@ pandas, scikit-learn and mlxtend are imported by the loaders that need them.
 
 from __future__ import annotations
 
+from hpo.data._arrays import dataset_from_arrays
 from hpo.data._dataset import DataKeyError, Dataset
 from hpo.data._download import MIRROR_ENV, SOURCES, Source, download
 from hpo.data._from_spec import load_spec_dataset
@@ -23,6 +25,7 @@ __all__ = [
     "DataKeyError",
     "Dataset",
     "Source",
+    "dataset_from_arrays",
     "dataset_task",
     "download",
     "load_dataset",

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 def load_spec_dataset(spec: Spec) -> Dataset:
     """Load the dataset of ``spec`` (its ``data:`` section, split with ``search.seed``).
 
+    A ``data.factory`` is imported and called with ``data.args`` here (its arrays checked, every class
+    needing ``cv.folds`` training examples); an ``npz`` is checked the same way.
     Returns the :class:`Dataset`. Raises :class:`DataError` rendered as
     ``SPEC FILE: data.KEY: PROBLEM (data.path 'RAW' is RESOLVED)``: the spec file (when the
     spec was read from one), the key to change (``data.path`` unless the problem is the
@@ -23,8 +25,13 @@ def load_spec_dataset(spec: Spec) -> Dataset:
     """
     d = spec.data
     try:
+        if d.factory is not None:
+            from hpo.data._factory import load_factory_dataset
+
+            return load_factory_dataset(d.factory, dict(d.args), spec_path=spec.path, task=spec.task,
+                                        test_size=d.test_size, seed=spec.search.seed, folds=spec.cv.folds)
         return load_dataset(d.dataset, path=d.path, target=d.target, task=d.task, test_size=d.test_size,
-                            download=d.download, seed=spec.search.seed)
+                            download=d.download, seed=spec.search.seed, folds=spec.cv.folds)
     except DataError as exc:
         key = getattr(exc, "key", None) or ("data.path" if d.path else "data.dataset")
         where = ""

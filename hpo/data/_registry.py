@@ -21,9 +21,13 @@ DATASETS: tuple[str, ...] = (
     "cifar10",
     "cifar100",
     "csv",
+    "npz",
+    "parquet",
 )
-#: Sets read from files under ``path`` (``csv``: the file itself).
-FILE_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100", "csv")
+#: Sets read from files under ``path`` (``csv``, ``npz``, ``parquet``: the file itself).
+FILE_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100", "csv", "npz", "parquet")
+#: The user's own files: their task is given by ``data.task``.
+USER_FILES: tuple[str, ...] = ("csv", "npz", "parquet")
 #: Sets that ``download=True`` can fetch into ``path``.
 DOWNLOADABLE: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
@@ -50,16 +54,16 @@ def dataset_task(name: str, task: str | None = None) -> str:
     """Return the task (``"classification"`` or ``"regression"``) of data set ``name``.
 
     Built-in sets have a fixed task; ``task`` may repeat it but not contradict it.
-    For ``csv`` the given ``task`` is returned.
-    Raises :class:`DataError` for an unknown name, an unknown task, a ``csv`` without
+    For the user's files (``csv``, ``npz``, ``parquet``) the given ``task`` is returned.
+    Raises :class:`DataError` for an unknown name, an unknown task, a user's file without
     a task, or a task that contradicts a built-in set's.
     """
     key = _canonical(name)
     if task is not None and task not in TASKS:
         raise DataError(f"data.task must be 'classification' or 'regression' (got {task!r})")
-    if key == "csv":
+    if key in USER_FILES:
         if task is None:
-            raise DataError("dataset 'csv' needs data.task: classification or regression")
+            raise DataError(f"dataset {key!r} needs data.task: classification or regression")
         return task
     fixed = _FIXED_TASKS[key]
     if task is not None and task != fixed:
@@ -114,13 +118,15 @@ def load_dataset(
     test_size: float = 0.2,
     download: bool = False,
     seed: int = 0,
+    folds: int | None = None,
 ) -> Dataset:
     """Load the data set ``name`` (one of :data:`DATASETS`) with its train/test split.
 
     ``path``: the folder of a file set (the CSV file for ``csv``). ``target``/``task``:
     the CSV's target column and task (for built-ins ``task`` may only repeat the fixed
     one). ``test_size``/``seed``: the stratified split of sets without an official test
-    split (ignored otherwise). ``download``: fetch and verify missing files of a
+    split (ignored otherwise). ``folds``: for ``npz``, every class needs that many training
+    examples (checked with the file's other problems). ``download``: fetch and verify missing files of a
     :data:`DOWNLOADABLE` set into ``path`` (ignored for the others).
     Returns a :class:`Dataset`. Raises :class:`DataError` with a message that says what
     to change (unknown name, missing path or files, malformed files, bad CSV, failed
@@ -140,6 +146,14 @@ def load_dataset(
         from hpo.data._table import load_csv
 
         return load_csv(path, target=target, task=resolved_task, test_size=test_size, seed=seed)
+    if key == "parquet":
+        from hpo.data._table import load_parquet
+
+        return load_parquet(path, target=target, task=resolved_task, test_size=test_size, seed=seed)
+    if key == "npz":
+        from hpo.data._arrays import load_npz
+
+        return load_npz(path, task=resolved_task, test_size=test_size, seed=seed, folds=folds)
 
     root = _root(key, path, download)
     _ensure_files(key, root, download)

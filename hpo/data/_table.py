@@ -1,4 +1,4 @@
-"""A user's own table from a CSV file."""
+"""A user's own table from a CSV or parquet file: numeric features plus one target column."""
 
 from __future__ import annotations
 
@@ -8,18 +8,61 @@ from typing import Any
 
 import numpy as np
 
+from hpo.data._checks import MIN_ROWS, check_classes, check_rows, encode_labels
 from hpo.data._dataset import TASKS, DataKeyError, Dataset, path_kind
 from hpo.data._split import split
 from hpo.errors import DataError
 
-MIN_ROWS = 10
+# how a row of each format is pointed at: CSV by its file line (the header is line 1), parquet by its row (from 1)
+_WHERE = {"csv": ("line", 2), "parquet": ("row", 1)}
+_LABEL = {"csv": "CSV", "parquet": "parquet"}
 
 
-def _rows(index: Any, limit: int = 5) -> str:
-    """File line numbers (header is line 1) of the first few rows in ``index``."""
-    lines = [str(int(i) + 2) for i in list(index)[:limit]]
+def _rows(index: Any, fmt: str = "csv", limit: int = 5) -> str:
+    """Line (CSV) or row (parquet) numbers of the first few rows in ``index``."""
+    offset = _WHERE[fmt][1]
+    lines = [str(int(i) + offset) for i in list(index)[:limit]]
     more = f" (and {len(index) - limit} more)" if len(index) > limit else ""
     return ", ".join(lines) + more
+
+
+def _file(path: str | Path | None, fmt: str, task: str | None) -> Path:
+    """``path`` checked to be a regular file and ``task`` a known task."""
+    label = _LABEL[fmt]
+    if path is None:
+        raise DataError(f"dataset {fmt!r} needs a file: set data.path to the {label} file")
+    path = Path(path).expanduser()
+    kind = path_kind(path)
+    if kind != "a regular file":
+        # a FIFO would block the reader forever and a device never ends: say what it is rather than read it
+        what = "not found" if kind == "not found" else f"is {kind}, not a regular file"
+        raise DataError(f"{label} file {what}: {path}; set data.path to the {label} file")
+    if task not in TASKS:
+        raise DataKeyError(
+            f"{path}: data.task must be 'classification' or 'regression' for a {label} (got {task!r})", "data.task"
+        )
+    return path
+
+
+def load_parquet(
+    path: str | Path | None, *, target: str | None, task: str | None, test_size: float, seed: int
+) -> Dataset:
+    """Load a parquet file of numeric features plus one ``target`` column and split it; see :func:`load_csv`.
+
+    Raises :class:`DataError` for the same problems as :func:`load_csv`, for a file that is not
+    parquet, and when neither pyarrow nor fastparquet (pandas' parquet engines) is installed.
+    """
+    import pandas as pd
+
+    path = _file(path, "parquet", task)
+    try:
+        df = pd.read_parquet(path)
+    except ImportError as exc:
+        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow): {exc}") from None
+    except Exception as exc:  # the engines raise their own types for a damaged or foreign file
+        raise DataError(f"{path}: cannot read as parquet ({type(exc).__name__}: {exc})") from None
+    df = df.reset_index(drop=True)  # a stored index would name rows by its labels, not their position
+    return _from_frame(df, path, "parquet", target=target, task=task, test_size=test_size, seed=seed)
 
 
 def load_csv(
@@ -37,19 +80,7 @@ def load_csv(
     """
     import pandas as pd
 
-    if path is None:
-        raise DataError("dataset 'csv' needs a file: set data.path to the CSV file")
-    path = Path(path).expanduser()
-    kind = path_kind(path)
-    if kind != "a regular file":
-        # a FIFO would block pandas forever and a device never ends: say what it is rather than read it
-        what = "not found" if kind == "not found" else f"is {kind}, not a regular file"
-        raise DataError(f"CSV file {what}: {path}; set data.path to the CSV file")
-    if task not in TASKS:
-        raise DataKeyError(
-            f"{path}: data.task must be 'classification' or 'regression' for a CSV (got {task!r})", "data.task"
-        )
-
+    path = _file(path, "csv", task)
     try:
         df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -58,7 +89,15 @@ def load_csv(
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{path}: cannot parse as CSV ({exc}); save it as comma-separated UTF-8") from None
+    return _from_frame(df, path, "csv", target=target, task=task, test_size=test_size, seed=seed)
 
+
+def _from_frame(df: Any, path: Path, fmt: str, *, target: str | None, task: str, test_size: float,
+                seed: int) -> Dataset:
+    """The checks and the split shared by CSV and parquet tables (``fmt`` names the rows in messages)."""
+    import pandas as pd
+
+    word = _WHERE[fmt][0]
     columns = [str(c) for c in df.columns]
     df.columns = columns
     if target is None:
@@ -71,8 +110,7 @@ def load_csv(
         raise DataKeyError(
             f"{path}: target column {target!r} not found; columns are: {', '.join(columns)}.{hint}", "data.target"
         )
-    if len(df) < MIN_ROWS:
-        raise DataError(f"{path}: only {len(df)} data rows; at least {MIN_ROWS} are needed to train and test")
+    check_rows(len(df), str(path))
     features = [c for c in columns if c != target]
     if not features:
         raise DataError(f"{path}: no feature columns besides the target {target!r}; add input columns")
@@ -82,10 +120,11 @@ def load_csv(
         bad = df.index[na[column].to_numpy()]
         if len(bad):
             raise DataError(
-                f"{path}: column {column!r} has {len(bad)} empty or NaN value(s), at line(s) {_rows(bad)}; "
+                f"{path}: column {column!r} has {len(bad)} empty or NaN value(s), at {word}(s) {_rows(bad, fmt)}; "
                 "fill them in or drop those rows"
             )
 
+    text_columns = []  # (column, first bad index): every non-numeric feature is named, not just the first
     for column in features:
         series = df[column]
         if not pd.api.types.is_numeric_dtype(series):
@@ -94,10 +133,17 @@ def load_csv(
             if not len(bad):  # e.g. numbers pandas kept as text: all convert cleanly
                 df[column] = numeric
                 continue
-            raise DataError(
-                f"{path}: feature column {column!r} is not numeric (e.g. {series.loc[bad[0]]!r} at line "
-                f"{_rows(bad[:1])}); features must be numbers: encode it (e.g. one-hot) or drop the column"
-            )
+            text_columns.append((column, bad[:1]))
+    if text_columns:
+        column, first = text_columns[0]
+        example = f"e.g. {df[column].loc[first[0]]!r} at {word} {_rows(first, fmt)}"
+        if len(text_columns) == 1:
+            what = f"feature column {column!r} is not numeric ({example})"
+        else:
+            names = ", ".join(repr(c) for c, _ in text_columns)
+            what = f"feature columns {names} are not numeric ({example} of {column!r})"
+        raise DataError(f"{path}: {what}; features must be numbers: encode them (e.g. one-hot) or drop the "
+                        "column(s)")
 
     x = df[features].to_numpy(dtype=np.float32)
     finite = np.isfinite(x)
@@ -122,33 +168,15 @@ def load_csv(
         class_names: tuple[str, ...] = ()
         n_classes = 0
     else:
-        from sklearn.preprocessing import LabelEncoder
-
-        encoder = LabelEncoder()
-        try:
-            y = encoder.fit_transform(y_raw.to_numpy()).astype(np.int64)
-        except TypeError:  # mixed types that cannot be sorted
-            y = encoder.fit_transform(y_raw.astype(str).to_numpy()).astype(np.int64)
-        class_names = tuple(str(c) for c in encoder.classes_)
+        y, class_names = encode_labels(y_raw.to_numpy())
         n_classes = len(class_names)
-        if n_classes < 2:
-            raise DataError(
-                f"{path}: target column {target!r} has a single class ({class_names[0]!r}); "
-                "classification needs at least two"
-            )
-        counts = np.bincount(y, minlength=n_classes)
-        rare = [f"{class_names[i]!r} ({counts[i]} row)" for i in np.flatnonzero(counts < 2)]
-        if rare:
-            raise DataError(
-                f"{path}: target column {target!r} has class(es) with fewer than 2 rows: {', '.join(rare)}; "
-                "add rows, merge or drop those classes (or use data.task: regression for a numeric target)"
-            )
+        check_classes(y, class_names, source=str(path), subject=f"target column {target!r}")
 
     x_train, x_test, y_train, y_test = split(
         x, y, task=task, test_size=test_size, seed=seed, source=str(path)
     )
     return Dataset(
-        name="csv",
+        name=fmt,
         task=task,
         x_train=x_train,
         y_train=y_train,
