@@ -41,6 +41,7 @@ class TrialWorker:
         # object-store arrays are read-only; a private copy keeps torch from sharing them
         self.fold_data = FoldData.build(np.array(arrays["x"]), np.array(arrays["y"]), arrays["n_classes"], folds,
                                         device)
+        self.fold_data.data.standardize = arrays.get("standardize", True)  # data.standardize
         _warm_up_torch()
         self.sink = sink
         self.prunes = prunes  # without a pruner an epoch needs no answer before the next one starts
@@ -137,7 +138,7 @@ class RayExecutor:
     def __init__(self, *, x: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]],
                  sink_args: dict[str, Any], device: str, max_concurrency: int, cpus_per_trial: float,
                  gpus_per_trial: float, max_retries: int, threads_per_trial: int | None = None,
-                 prunes: bool = True) -> None:
+                 prunes: bool = True, standardize: bool = True) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -150,7 +151,7 @@ class RayExecutor:
         self.sink = sink_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
             **sink_args)
         # held for the executor's lifetime: a restarted worker re-reads its constructor arguments
-        self._data_ref = data_ref = ray.put({"x": x, "y": y, "n_classes": n_classes})
+        self._data_ref = data_ref = ray.put({"x": x, "y": y, "n_classes": n_classes, "standardize": standardize})
         worker_cls = ray.remote(TrialWorker).options(
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
             max_restarts=-1, max_task_retries=max_retries,
