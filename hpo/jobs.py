@@ -117,13 +117,48 @@ def package(spec_path: str | Path, workdir: Path, cwd: Path | None = None) -> st
                 raise SpecError([("data.path", p) for p in problems[:MAX_LISTED] + more], str(spec_path))
         elif not spec.data.download:
             raise SpecError([("data.path", f"{spec.data.path} does not exist; nothing to ship")], str(spec_path))
+    code = _code_to_ship(spec, cwd, str(spec_path))
     (workdir / rel_spec).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(spec_file, workdir / rel_spec)
+    for folder in code:  # the user's factory modules, at the same place relative to the spec
+        dst = workdir / folder.relative_to(cwd.resolve())
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if folder.is_dir():
+            shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy2(folder, dst)
     if src is not None and data is not None and src.exists():
         dst = workdir / data
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     return str(rel_spec)
+
+
+def _code_to_ship(spec: Any, cwd: Path, spec_file: str) -> list[Path]:
+    """The local module files / package folders of the spec's ``factory:`` code, to travel with the job
+    (installed code is not shipped: it must be installed on the cluster too). SpecError when one lies
+    outside the working directory or holds a link that leaves it."""
+    from hpo.usercode import code_folder, load_target
+
+    targets = []
+    if spec.is_factory_model:
+        targets.append(("model.factory", spec.model, "hpo.models"))
+    if getattr(spec.data, "factory", None):
+        targets.append(("data.factory", spec.data.factory, "hpo.data"))
+    root, folders = cwd.resolve(), []
+    for key, target, group in targets:
+        folder = code_folder(load_target(target, spec_path=spec.path, group=group))
+        if folder is None:
+            continue
+        if not _inside(folder, root):
+            raise SpecError([(key, f"{target} comes from {folder}, outside the working directory {root}: a job ships "
+                                   "only files below the folder it is submitted from; move the module inside it, or "
+                                   "install its package on the cluster")], spec_file)
+        problems = _unshippable(folder, cwd)
+        if problems:
+            raise SpecError([(key, p) for p in problems[:MAX_LISTED]], spec_file)
+        folders.append(folder)
+    return folders
 
 
 def check_tracking_uri(uri: str) -> None:

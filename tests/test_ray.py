@@ -35,6 +35,17 @@ params:
 execution: {{executor: ray, max_concurrent_trials: 2, cpus_per_trial: 1, max_retries: 1}}
 """
 
+SUBMIT_NETS = """
+from torch import nn
+
+
+def build(input_shape, n_outputs, hidden: int = 8):
+    n_in = 1
+    for d in input_shape:
+        n_in *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
+"""
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -141,7 +152,11 @@ def test_submit_to_a_ray_head_with_token_auth(tmp_path):
     try:
         proj = tmp_path / "proj"
         proj.mkdir()
-        (proj / "spec.yaml").write_text(SPEC.format(name="submitted", n_trials=2, pruner="none", epochs=2))
+        # the user's own model travels with the job: its module sits beside the spec, nowhere installed
+        (proj / "submitnets.py").write_text(SUBMIT_NETS)
+        spec = SPEC.format(name="submitted", n_trials=2, pruner="none", epochs=2)
+        spec = spec.replace("model: mlp", "model: {factory: submitnets:build, params: {hidden: [8, 16]}}")
+        (proj / "spec.yaml").write_text(spec.replace("  width: [16, 32]\n", ""))
         store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
         os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
         try:
@@ -157,7 +172,8 @@ def test_submit_to_a_ray_head_with_token_auth(tmp_path):
         client = MlflowClient(tracking_uri=store, registry_uri=store)
         exp = client.get_experiment_by_name("submitted")
         runs = client.search_runs([exp.experiment_id])
-        assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 2
+        children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
+        assert len(children) == 2 and all("model.hidden" in r.data.params for r in children)
         assert client.search_model_versions("name='submitted'")
         # without the token the cluster refuses the client
         no_token = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -185,3 +201,27 @@ def test_submit_needs_a_reachable_store(tmp_path):
     proc = run_cli("submit", "spec.yaml", "--address", "http://127.0.0.1:9", "--tracking-uri",
                    "sqlite:///relative.db", cwd=tmp_path)
     assert proc.returncode == 2 and "absolute sqlite path" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_submit_ships_the_factory_module_and_refuses_one_outside(tmp_path, monkeypatch):
+    from hpo.errors import SpecError
+    from hpo.jobs import package
+
+    proj, outside = tmp_path / "proj", tmp_path / "outside"
+    proj.mkdir()
+    outside.mkdir()
+    (outside / "farnets.py").write_text(SUBMIT_NETS)
+    (proj / "nearnets.py").write_text(SUBMIT_NETS)
+    spec = "name: x\ndata: {dataset: iris}\nmodel: {factory: %s:build}\nsearch: {n_trials: 1}\n"
+    (proj / "near.yaml").write_text(spec % "nearnets")
+    monkeypatch.chdir(proj)
+    work = tmp_path / "job"
+    work.mkdir()
+    assert package("near.yaml", work, proj) == "near.yaml"
+    assert (work / "nearnets.py").read_text() == SUBMIT_NETS
+    (proj / "far.yaml").write_text(spec % "farnets")
+    monkeypatch.syspath_prepend(str(outside))  # importable here, but not from the folder being submitted
+    with pytest.raises(SpecError, match="model.factory: farnets:build comes from .*outside the working directory"):
+        package("far.yaml", tmp_path / "job2", proj)
+    sys.modules.pop("farnets", None)
+    sys.modules.pop("nearnets", None)
