@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.data._checks import check_classes, check_rows, describe, encode_labels
+from hpo.data._checks import check_classes, check_rows, describe, encode_labels, user_file
 from hpo.data._dataset import Dataset
 from hpo.data._split import split
 from hpo.errors import DataError
@@ -42,7 +42,7 @@ def _inputs(x: np.ndarray, name: str, source: str) -> np.ndarray:
     if not finite.all():
         at = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise DataError(f"{source}: {name} has {int((~finite).sum())} NaN or infinite value(s) (first at index "
-                        f"{at}: {x[at]!r}); fix or drop those examples")
+                        f"{at}: {x[at].item()!r}); fix or drop those examples")
     return out
 
 
@@ -69,7 +69,7 @@ def _labels(y: np.ndarray, name: str, source: str, task: str) -> np.ndarray:
         whole = y == np.round(y)
         if not whole.all():
             bad = int(np.flatnonzero(~whole)[0])
-            raise DataError(f"{source}: {name} has non-integer value {y[bad]!r} (index {bad}); classification "
+            raise DataError(f"{source}: {name} has non-integer value {y[bad].item()!r} (index {bad}); classification "
                             "labels are integers 0..K-1 or strings (use data.task: regression for a numeric target)")
     labels = y.astype(np.int64)
     if labels.min() < 0:
@@ -165,20 +165,8 @@ def load_npz(path: Any, *, task: str | None, test_size: float, seed: int, folds:
     or missing arrays, object arrays, and every problem :func:`dataset_from_arrays` finds.
     """
     import zipfile
-    from pathlib import Path
 
-    from hpo.data._dataset import TASKS, DataKeyError, path_kind
-
-    if path is None:
-        raise DataError("dataset 'npz' needs a file: set data.path to the .npz file")
-    path = Path(path).expanduser()
-    kind = path_kind(path)
-    if kind != "a regular file":
-        what = "not found" if kind == "not found" else f"is {kind}, not a regular file"
-        raise DataError(f"npz file {what}: {path}; set data.path to the .npz file")
-    if task not in TASKS:
-        raise DataKeyError(f"{path}: data.task must be 'classification' or 'regression' for an npz (got {task!r})",
-                           "data.task")
+    path = user_file(path, name="npz", label=".npz", task=task)
     parts: dict[str, np.ndarray] = {}
     try:
         npz = np.load(path, allow_pickle=False)

@@ -6,6 +6,7 @@ the factory) and says what to change.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,25 @@ import numpy as np
 from hpo.errors import DataError
 
 MIN_ROWS = 10  # fewer cannot be split into a training set, a test set and folds
+
+
+def user_file(path: str | Path | None, *, name: str, label: str, task: str | None) -> Path:
+    """``path`` of dataset ``name`` (a ``label`` file: "CSV", "parquet", ".npz") checked to be a regular
+    file, and ``task`` a known task; raises DataError (``DataKeyError`` for the task) otherwise."""
+    from hpo.data._dataset import TASKS, DataKeyError, path_kind
+
+    if path is None:
+        raise DataError(f"dataset {name!r} needs a file: set data.path to the {label} file")
+    path = Path(path).expanduser()
+    kind = path_kind(path)
+    if kind != "a regular file":
+        # a FIFO would block the reader forever and a device never ends: say what it is rather than read it
+        what = "not found" if kind == "not found" else f"is {kind}, not a regular file"
+        raise DataError(f"{label} file {what}: {path}; set data.path to the {label} file")
+    if task not in TASKS:
+        raise DataKeyError(f"{path}: data.task must be 'classification' or 'regression' for dataset {name!r} "
+                           f"(got {task!r})", "data.task")
+    return path
 
 
 def check_rows(n: int, source: str, unit: str = "data rows") -> None:

@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from hpo.data._checks import MIN_ROWS, check_classes, check_rows, encode_labels
-from hpo.data._dataset import TASKS, DataKeyError, Dataset, path_kind
+from hpo.data._checks import MIN_ROWS, check_classes, check_rows, encode_labels, user_file
+from hpo.data._dataset import DataKeyError, Dataset
 from hpo.data._split import split
 from hpo.errors import DataError
 
 # how a row of each format is pointed at: CSV by its file line (the header is line 1), parquet by its row (from 1)
 _WHERE = {"csv": ("line", 2), "parquet": ("row", 1)}
-_LABEL = {"csv": "CSV", "parquet": "parquet"}
 
 
 def _rows(index: Any, fmt: str = "csv", limit: int = 5) -> str:
@@ -24,24 +23,6 @@ def _rows(index: Any, fmt: str = "csv", limit: int = 5) -> str:
     lines = [str(int(i) + offset) for i in list(index)[:limit]]
     more = f" (and {len(index) - limit} more)" if len(index) > limit else ""
     return ", ".join(lines) + more
-
-
-def _file(path: str | Path | None, fmt: str, task: str | None) -> Path:
-    """``path`` checked to be a regular file and ``task`` a known task."""
-    label = _LABEL[fmt]
-    if path is None:
-        raise DataError(f"dataset {fmt!r} needs a file: set data.path to the {label} file")
-    path = Path(path).expanduser()
-    kind = path_kind(path)
-    if kind != "a regular file":
-        # a FIFO would block the reader forever and a device never ends: say what it is rather than read it
-        what = "not found" if kind == "not found" else f"is {kind}, not a regular file"
-        raise DataError(f"{label} file {what}: {path}; set data.path to the {label} file")
-    if task not in TASKS:
-        raise DataKeyError(
-            f"{path}: data.task must be 'classification' or 'regression' for a {label} (got {task!r})", "data.task"
-        )
-    return path
 
 
 def load_parquet(
@@ -54,11 +35,12 @@ def load_parquet(
     """
     import pandas as pd
 
-    path = _file(path, "parquet", task)
+    path = user_file(path, name="parquet", label="parquet", task=task)
     try:
         df = pd.read_parquet(path)
-    except ImportError as exc:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow): {exc}") from None
+    except ImportError:  # pandas reads parquet through an optional engine
+        raise DataError(f"{path}: reading parquet needs pyarrow or fastparquet and neither is installed: "
+                        "pip install pyarrow") from None
     except Exception as exc:  # the engines raise their own types for a damaged or foreign file
         raise DataError(f"{path}: cannot read as parquet ({type(exc).__name__}: {exc})") from None
     df = df.reset_index(drop=True)  # a stored index would name rows by its labels, not their position
@@ -80,7 +62,7 @@ def load_csv(
     """
     import pandas as pd
 
-    path = _file(path, "csv", task)
+    path = user_file(path, name="csv", label="CSV", task=task)
     try:
         df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
