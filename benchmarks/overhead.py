@@ -61,17 +61,52 @@ tracking:
 """
 
 
-def make_spec(epochs: int, n_trials: int, concurrency: int, tracking_uri: str):
+# The same MLP as a user's model factory (issue #13): hpo imports it from the spec's folder
+FACTORY = """\
+from torch import nn
+
+
+def build(input_shape, n_outputs, width: int = 128, depth: int = 2, dropout: float = 0.0):
+    n_in = 1
+    for d in input_shape:
+        n_in *= d
+    layers = [nn.Flatten()]
+    for i in range(depth):
+        layers += [nn.Linear(n_in if i == 0 else width, width), nn.ReLU(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(width if depth else n_in, n_outputs))
+    return nn.Sequential(*layers)
+"""
+FACTORY_MODEL = """model:
+  factory: benchnets:build
+  params:
+    width: [64, 128]
+    depth: {low: 1, high: 2}
+    dropout: {low: 0.0, high: 0.3}
+"""
+
+
+def make_spec(epochs: int, n_trials: int, concurrency: int, tracking_uri: str, factory_dir: str | None = None):
+    """The reference study; with ``factory_dir`` its MLP is a user factory written into that folder."""
+    from pathlib import Path
+
     from hpo.spec import parse_spec
 
-    spec = parse_spec(SPEC.replace("EPOCHS", str(epochs)).replace("n_trials: 16", f"n_trials: {n_trials}"))
+    text = SPEC.replace("EPOCHS", str(epochs)).replace("n_trials: 16", f"n_trials: {n_trials}")
+    source = None
+    if factory_dir is not None:
+        (Path(factory_dir) / "benchnets.py").write_text(FACTORY)
+        for line in ("  width: [64, 128]\n", "  depth: {low: 1, high: 2}\n", "  dropout: {low: 0.0, high: 0.3}\n"):
+            text = text.replace(line, "")
+        text = text.replace("model: mlp\n", FACTORY_MODEL)
+        source = str(Path(factory_dir) / "spec.yaml")
+    spec = parse_spec(text, source)
     return spec.replace(tracking_uri=tracking_uri, max_concurrent_trials=concurrency)
 
 
 # --------------------------------------------------------------------------- (a) hpo, timed by phase
 
 
-def run_hpo(epochs: int, n_trials: int, concurrency: int) -> dict[str, Any]:
+def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False) -> dict[str, Any]:
     import optuna
 
     import hpo.data
@@ -83,7 +118,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        spec = make_spec(epochs, n_trials, concurrency, uri)
+        spec = make_spec(epochs, n_trials, concurrency, uri, factory_dir=tmp if factory else None)
         for attr in ("_prepare", "_search", "_launch", "_finish"):
             t.wrap(hs.StudyRunner, attr)
         t.wrap(hs.StudyRunner, "_finale", "_refit")  # refit + logging + report (hpo.refit)
@@ -249,6 +284,7 @@ def _main(args) -> dict[str, Any]:
     run_floor(1, w["params"], 1)
 
     runs: dict[str, list[dict[str, Any]]] = {f"{k}_c{c}": [] for c in concs for k in ("hpo", "floor")}
+    runs["hpo_factory_c1"] = []
     for _ in range(repeats):
         for c in concs:
             h = run_hpo(epochs, n_trials, c)
@@ -257,6 +293,10 @@ def _main(args) -> dict[str, Any]:
             f = run_floor(epochs, h["params"], c)
             f["load"] = C.loadavg()
             runs[f"floor_c{c}"].append(f)
+            if c == 1:  # the same study with the MLP as a user factory, interleaved with the built-in
+                h = run_hpo(epochs, n_trials, 1, factory=True)
+                h["load"] = C.loadavg()
+                runs["hpo_factory_c1"].append(h)
 
     summary: dict[str, Any] = {}
     for c in concs:
@@ -276,6 +316,16 @@ def _main(args) -> dict[str, Any]:
             "hpo_phases_median_s": phases,
             "target_met": C.summarize(ratios)["median"] <= 1.05,
         }
+    if runs["hpo_factory_c1"]:
+        fw = [r["wall_s"] for r in runs["hpo_factory_c1"]]
+        bw = [r["wall_s"] for r in runs["hpo_c1"]]
+        summary["factory_c1"] = {
+            "hpo_factory_wall_s": C.summarize(fw), "hpo_builtin_wall_s": C.summarize(bw),
+            "ratio_factory_over_builtin": C.summarize([a / b for a, b in zip(fw, bw, strict=True)]),
+            "search_ratio_factory_over_builtin": C.summarize(
+                [a["search_s"] / b["search_s"] for a, b in zip(runs["hpo_factory_c1"], runs["hpo_c1"], strict=True)]),
+            "hpo_factory_best_cv": C.summarize([r["best_cv"] for r in runs["hpo_factory_c1"]], 4),
+        }
     result = {"benchmark": "overhead", "quick": args.quick, "machine": mach, "versions": vers,
               "epochs": epochs, "n_trials": n_trials, "repeats": repeats, "summary": summary,
               "import_cost_s": None if args.quick else import_cost(),
@@ -287,7 +337,8 @@ def _main(args) -> dict[str, Any]:
 
 
 def render(r: dict[str, Any]) -> str:
-    s = r["summary"]
+    s = {k: v for k, v in r["summary"].items() if k.startswith("c")}
+    fac = r["summary"].get("factory_c1")
     lines = ["## 1. Overhead: hpo vs a bare PyTorch loop (reference study)", "",
              C.env_block(r["machine"], r["versions"], "python -m benchmarks.overhead --repeats "
                          f"{r['repeats']}"),
@@ -314,6 +365,16 @@ def render(r: dict[str, Any]) -> str:
     keys = list(next(iter(s.values()))["hpo_phases_median_s"])
     lines.append(C.table(["phase", *[f"c{k[1:]} s" for k in s]],
                          [[k.replace("  ", "↳ "), *[C.fmt(s[c]["hpo_phases_median_s"][k], 3) for c in s]] for k in keys]))
+    if fac:
+        lines += ["", "The same study with the MLP written as a user's model factory (`model: {factory: "
+                  "benchnets:build, params: {width, depth, dropout}}`, `FACTORY` in `benchmarks/overhead.py`), "
+                  "interleaved with the built-in at concurrency 1:", "",
+                  C.table(["hpo factory wall s", "hpo built-in wall s", "factory / built-in",
+                           "search: factory / built-in", "factory best CV"],
+                          [[C.med_range(fac["hpo_factory_wall_s"]), C.med_range(fac["hpo_builtin_wall_s"]),
+                            C.med_range(fac["ratio_factory_over_builtin"], 3),
+                            C.med_range(fac["search_ratio_factory_over_builtin"], 3),
+                            f"{fac['hpo_factory_best_cv']['median']:.4f}"]])]
     if r.get("import_cost_s"):
         ic = r["import_cost_s"]
         lines += ["", f"Not in the numbers above (measured once in a fresh interpreter): importing what `hpo run` "
