@@ -30,3 +30,11 @@ def test_the_custom_example_validates_and_runs(tmp_path):
     children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
     assert len(children) == 2 and all("model.hidden" in r.data.params for r in children)
     assert len(client.search_model_versions("name='custom-moons'")) == 1
+    # the read-side commands on a factory study, from the folder the user's modules live in
+    for cmd in (["show", "custom-moons"], ["compare", "custom-moons"], ["report", "custom-moons"]):
+        done = run_cli(*cmd, "--tracking-uri", store, cwd=tmp_path / "custom")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (cmd, done.stderr[-3000:])
+        assert "warning" not in done.stderr, (cmd, done.stderr[-3000:])
+    parent = next(r for r in runs if r.data.tags.get("hpo.role") == "study")
+    drawn = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/confusion_matrix.png" in drawn  # the refit model was rebuilt from the user's factory

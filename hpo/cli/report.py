@@ -51,8 +51,10 @@ def _spec_of(client: Any, run_id: str) -> Any:
 
 def _model_and_data(spec: Any, run_id: str, uri: str) -> tuple[Any, Any]:
     """The refit model and the dataset (test split) of a study, each None with a warning when unavailable."""
+    import dataclasses
+
     import hpo
-    from hpo.data import load_dataset
+    from hpo.data import load_spec_dataset
     from hpo.errors import HpoError
 
     try:
@@ -64,10 +66,8 @@ def _model_and_data(spec: Any, run_id: str, uri: str) -> tuple[Any, Any]:
         print("warning: no model plot: the parent run has no spec/ artifact to rebuild the dataset from",
               file=sys.stderr)
         return model, None
-    d = spec.data
-    try:
-        dataset = load_dataset(d.dataset, path=d.path, target=d.target, task=d.task, test_size=d.test_size,
-                               download=False, seed=spec.search.seed)
+    try:  # the study's own data (a data factory included), never downloaded again for a plot
+        dataset = load_spec_dataset(dataclasses.replace(spec, data=spec.data.model_copy(update={"download": False})))
     except HpoError as exc:
         print(f"warning: no model plot: {exc} (run hpo report from the folder the study ran in)", file=sys.stderr)
         return model, None
