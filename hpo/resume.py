@@ -52,6 +52,11 @@ def resume_key(spec: Spec) -> dict[str, str]:
         "data.test_size": f"{d.test_size:g}",
     }
     key.update({f"params.{p.name}": _param(p) for p in spec.space})
+    if d.factory:  # only when set, so studies recorded before these keys existed still resume
+        key["data.factory"] = d.factory
+        key["data.args"] = json.dumps(d.args, sort_keys=True, default=str)
+    if not d.standardize:
+        key["data.standardize"] = "false"
     if spec.is_factory_model:  # the factory's code decides what a trial's value means as much as its params
         key[CODE_KEY] = _factory(spec)[0]
     return key

@@ -100,7 +100,7 @@ def _lineage(spec: Spec) -> dict[str, str]:
 
 def _settings(spec: Spec) -> dict[str, Any]:
     return {
-        "dataset": spec.data.dataset, "model": spec.model, "sampler": spec.search.sampler,
+        "dataset": spec.data.label, "model": spec.model, "sampler": spec.search.sampler,
         "n_trials": spec.n_trials, "seed": spec.search.seed, "metric": spec.metric,
         "direction": spec.direction, "pruner": spec.search.pruner, "folds": spec.cv.folds,
         "test_size": spec.data.test_size, "executor": spec.execution.executor,
@@ -243,11 +243,12 @@ class StudyRunner:
                                device=ex.device, max_concurrency=ex.max_concurrent_trials,
                                cpus_per_trial=ex.cpus_per_trial, gpus_per_trial=ex.gpus_per_trial,
                                max_retries=ex.max_retries, threads_per_trial=ex.threads_per_trial,
-                               prunes=self.sink.prunes)
+                               prunes=self.sink.prunes, standardize=spec.data.standardize)
         from hpo.executors import LocalExecutor
         from hpo.trial import FoldData
 
-        self.fold_data = FoldData.build(ds.x_train, ds.y_train, ds.n_classes, folds, self.device)
+        self.fold_data = FoldData.build(ds.x_train, ds.y_train, ds.n_classes, folds, self.device,
+                                        standardize=spec.data.standardize)
         return LocalExecutor(self.fold_data, self.sink, ex.max_concurrent_trials, ex.threads_per_trial)
 
     def _code_dirs(self) -> list[str]:

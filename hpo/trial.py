@@ -77,9 +77,11 @@ class FoldData:
 
     @classmethod
     def build(cls, x: np.ndarray, y: np.ndarray, n_classes: int,
-              folds: list[tuple[np.ndarray, np.ndarray]], device: str) -> FoldData:
-        """Move ``x``, ``y`` and the fold indices to ``device`` once, for every trial to share."""
-        data = Data.from_arrays(x, y, n_classes, device)
+              folds: list[tuple[np.ndarray, np.ndarray]], device: str, standardize: bool = True) -> FoldData:
+        """Move ``x``, ``y`` and the fold indices to ``device`` once, for every trial to share.
+
+        ``standardize``: whether each fold's learner standardises its inputs (``data.standardize``)."""
+        data = Data.from_arrays(x, y, n_classes, device, standardize=standardize)
         idx = [(torch.as_tensor(np.asarray(tr).copy()).to(data.device), torch.as_tensor(np.asarray(va).copy()).to(data.device))
                for tr, va in folds]
         return cls(data, idx)

@@ -355,3 +355,22 @@ def test_cli_run_refuses_broken_user_data_and_writes_nothing(user_dir: Path, cas
     assert f"{spec_file}: {key}: " in proc.stderr and rule in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in user_dir.iterdir()) == before  # no mlruns/, no optuna.db, no __pycache__
+
+
+@pytest.mark.slow
+def test_standardize_false_reaches_the_study_and_its_refit_model(tmp_path: Path) -> None:
+    """The flag travels spec -> fold data -> every learner, the refit included: the logged model's
+    input statistics are the identity."""
+    import hpo
+
+    spec = tmp_path / "raw.yaml"
+    spec.write_text("name: raw\ndata: {dataset: iris, standardize: false}\nmodel: mlp\n"
+                    "search: {n_trials: 1}\ncv: {folds: 2}\ntracking: {report: false}\nparams: {epochs: 2}\n")
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = hpo.run(spec, tracking_uri=store)
+    model = hpo.load_model(result.parent_run_id, tracking_uri=store)
+    assert torch.equal(model.x_mean, torch.zeros_like(model.x_mean))
+    assert torch.equal(model.x_std, torch.ones_like(model.x_std))
+    scaled = hpo.run(parse_spec(spec.read_text().replace("standardize: false", "standardize: true")
+                                .replace("name: raw", "name: scaled")), tracking_uri=store)
+    assert not torch.equal(hpo.load_model(scaled.parent_run_id, tracking_uri=store).x_mean, model.x_mean)

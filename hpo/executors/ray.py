@@ -40,8 +40,7 @@ class TrialWorker:
         self.device = device
         # object-store arrays are read-only; a private copy keeps torch from sharing them
         self.fold_data = FoldData.build(np.array(arrays["x"]), np.array(arrays["y"]), arrays["n_classes"], folds,
-                                        device)
-        self.fold_data.data.standardize = arrays.get("standardize", True)  # data.standardize
+                                        device, standardize=arrays.get("standardize", True))
         _warm_up_torch()
         self.sink = sink
         self.prunes = prunes  # without a pruner an epoch needs no answer before the next one starts
