@@ -70,7 +70,8 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
                                extra={"trial": best.number, "test_metrics": refit.test_metrics, "spec": spec.raw,
                                       "seed": spec.search.seed})
         tracker.log_file(parent_id, ckpt, CHECKPOINT_DIR)
-    model_uri = log_model(refit.model, ds, uri=spec.tracking.uri, parent_id=parent_id, name=spec.name)
+    model_uri = log_model(refit.model, ds, uri=spec.tracking.uri, parent_id=parent_id, name=spec.name,
+                          factory=spec.model if spec.is_factory_model else None)
 
     summary = {f"best_cv_{spec.metric}": best.value, "best_trial": best.number, "refit_epochs": refit.epochs}
     summary.update({f"test_{k}": v for k, v in refit.test_metrics.items()})

@@ -91,6 +91,12 @@ def _lineage(spec: Spec) -> dict[str, str]:
         "optuna.version": optuna.__version__,
         "mlflow.version": mlflow.__version__,
     }
+    from hpo.usercode import load_target, source_hash
+
+    for tag, target, group in (("hpo.code_hash", spec.model if spec.is_factory_model else None, "hpo.models"),
+                               ("hpo.data_code_hash", spec.data.factory, "hpo.data")):
+        if target:  # the user's code is part of what the study measured
+            tags[tag] = source_hash(load_target(target, spec_path=spec.path, group=group)) or "no source file"
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -36,5 +36,6 @@ def test_the_custom_example_validates_and_runs(tmp_path):
         assert done.returncode == 0 and "Traceback" not in done.stderr, (cmd, done.stderr[-3000:])
         assert "warning" not in done.stderr, (cmd, done.stderr[-3000:])
     parent = next(r for r in runs if r.data.tags.get("hpo.role") == "study")
+    assert len(parent.data.tags["hpo.code_hash"]) == 12 and len(parent.data.tags["hpo.data_code_hash"]) == 12
     drawn = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/confusion_matrix.png" in drawn  # the refit model was rebuilt from the user's factory

@@ -247,6 +247,22 @@ def test_run_refuses_a_factory_that_does_not_import_before_writing(tmp_path: Pat
     assert _files(tmp_path) == before
 
 
+@pytest.mark.parametrize("case", ["factory_raises_at_build", "factory_returns_no_module", "wrong_output_shape"])
+def test_run_builds_the_factory_model_once_before_any_trial(tmp_path: Path, case):
+    """The build-time checks of hpo validate hold for hpo run too, before anything is written."""
+    _, source, model, params, key, rule = next(b for b in BROKEN if b[0] == case)
+    module = f"runnets_{case}"
+    (tmp_path / f"{module}.py").write_text(source)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: bad\ndata: {{dataset: iris}}\nmodel: {model.replace('MOD', module)}\n"
+                    f"search: {{n_trials: 2}}\n{params}\n")
+    before = _files(tmp_path)
+    proc = run_cli("run", str(spec), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert any(f"{spec}: {key}: " in line and rule.replace("MOD", module) in line for line in proc.stderr.splitlines())
+    assert _files(tmp_path) == before
+
+
 # =========================================================================== end to end
 
 _LOAD = """\
