@@ -31,9 +31,12 @@ def main(args: argparse.Namespace) -> int:
     built = _check_model(spec) if spec.is_factory_model else None  # before any output: an error prints only itself
     console = Console()
     console.print(f"[green]ok[/]: {args.spec}")
-    console.print(f"study [bold]{spec.name}[/]: {spec.model} on {spec.data.dataset} ({spec.task}), "
+    console.print(f"study [bold]{spec.name}[/]: {spec.model} on {spec.data.label} ({spec.task}), "
                   f"{spec.search.sampler} sampler, {spec.n_trials} trials, {spec.cv.folds}-fold CV, "
                   f"metric {spec.metric} ({spec.direction}), pruner {spec.search.pruner}, seed {spec.search.seed}")
+    if spec.data.factory:
+        args_text = ", ".join(f"{k}={v!r}" for k, v in spec.data.args.items())
+        console.print(f"data factory: {spec.data.factory}({args_text}), standardize {spec.data.standardize}")
     grid = spec.grid_size
     if spec.search.sampler == "grid" and grid is not None:
         console.print(f"grid size: {grid}")
