@@ -111,6 +111,7 @@ def load_target(target: str, *, spec_path: str | Path | None = None, group: str 
     module_name, attr = parsed
     dirs = search_dirs(spec_path)
     dirs += [d for d in (Path(x).resolve() for x in also) if d not in dirs]
+    _forget_if_moved(module_name.split(".")[0], dirs)
     try:
         with _on_path(dirs), _no_bytecode():
             module = importlib.import_module(module_name)
@@ -130,6 +131,24 @@ def load_target(target: str, *, spec_path: str | Path | None = None, group: str 
     if not callable(obj):
         raise UserCodeError(f"{module_name}:{attr} is a {type(obj).__name__}, not a function or class")
     return obj
+
+
+def _forget_if_moved(top: str, dirs: list[Path]) -> None:
+    """Drop an imported module ``top`` (and its submodules) when the folders searched now hold another
+    file of that name: two specs in one process (a notebook, a benchmark) with their own ``mynets.py``
+    each get their own, instead of the first one imported."""
+    import importlib.machinery
+
+    loaded = sys.modules.get(top)
+    where = getattr(loaded, "__file__", None)
+    if loaded is None or where is None:
+        return
+    found = importlib.machinery.PathFinder.find_spec(top, [str(d) for d in dirs])
+    if found is None or found.origin is None or Path(found.origin).resolve() == Path(where).resolve():
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -125,3 +125,18 @@ def test_check_kwargs_names_every_problem(nets):
                                                                        "give it a value")]
     one = load_target(f"{name}:one_arg", spec_path=spec)
     assert "must take 2 positional arguments" in check_kwargs(one, {}, positional=positional)[0][1]
+
+
+def test_a_module_of_the_same_name_in_another_spec_folder_is_that_folders(tmp_path, monkeypatch):
+    """Two specs in one process, each beside its own mynets.py: each gets its own module."""
+    name = f"same_{tmp_path.name.replace('-', '_')}"
+    _write(tmp_path / "a", f"{name}.py", "def f():\n    return 'a'\n")
+    _write(tmp_path / "b", f"{name}.py", "def f():\n    return 'b'\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert load_target(f"{name}:f", spec_path=tmp_path / "a" / "spec.yaml")() == "a"
+        assert load_target(f"{name}:f", spec_path=tmp_path / "b" / "spec.yaml")() == "b"
+        first = load_target(f"{name}:f", spec_path=tmp_path / "b" / "spec.yaml")
+        assert first is load_target(f"{name}:f", spec_path=tmp_path / "b" / "spec.yaml")  # same file: kept
+    finally:
+        sys.modules.pop(name, None)
