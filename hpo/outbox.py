@@ -20,6 +20,10 @@ writes there and refuse another URI. A write the store refuses for another reaso
 outage (or one for a run whose creation failed) is never dropped: it moves to
 ``failed-<role>-<pid>.jsonl`` with the reason, and :func:`sync` raises :class:`SyncError`
 while such files are there.
+
+The spool-side helpers (:func:`spool_dir`, :func:`read_ids`, :func:`sync`) live in
+:mod:`hpo._outbox_spool`, the HTTP side (:data:`HTTP_ENV`, :func:`is_outage`) in
+:mod:`hpo._outbox_http`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,55 +31,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from hpo._outbox_http import HTTP_ENV, apply_http_defaults, is_outage  # noqa: F401 (re-exported)
+from hpo._outbox_spool import IDS_FILE, Synced, read_ids, spool_dir, sync, write_ids  # noqa: F401 (re-exported)
 from hpo.redact import redact
 from hpo.spool import SyncError, failed_message, failed_writes, record_target, waiting  # noqa: F401 (re-exported)
-from hpo.sqlite_store import sqlite_path
 
 log = logging.getLogger("hpo")
 
 PENDING = "pending-"
-IDS_FILE = "ids.json"
 DEFAULT_GRACE_S = 300.0
 DEFAULT_RETRY_S = 5.0
-
-# MLflow's REST client retries a failed request 7 times with exponential back-off (minutes);
-# the outbox does its own retrying, so a single request should fail fast.
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-
-
-def spool_dir(tracking_uri: str, study: str) -> Path:
-    """Where the study's waiting writes are kept: beside a sqlite store, else under ``./mlruns``."""
-    db = sqlite_path(tracking_uri)
-    base = db.parent if db is not None else Path("mlruns")
-    return (base / ".outbox" / re.sub(r"[^\w.-]", "_", study)).absolute()
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the tracking server is unreachable or failing (not a bad request)."""
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    try:
-        import requests
-
-        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-            return True
-    except ImportError:  # pragma: no cover - requests comes with mlflow
-        pass
-    msg = str(exc)
-    if msg.startswith("API request to") and ("failed with exception" in msg or "timeout exception" in msg):
-        return True
-    return bool(re.search(r"\b(502|503|504) (Server Error|error|!=)|error code (502|503|504)|"
-                          r"too many (502|503|504) error responses", msg))
-
 
 def _has_pending(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(PENDING)
@@ -287,7 +259,7 @@ class Outbox:
             run_id = c.create_run(op["experiment_id"], run_name=op["run_name"], tags=op["tags"]).info.run_id
             if not fresh:
                 self.ids[op["id"]] = run_id
-                _write_ids(self.spool, self.ids)
+                write_ids(self.spool, self.ids)
             return run_id
         run = op["run"]
         if kind == "log_batch":
@@ -391,63 +363,3 @@ class Outbox:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:300]
-
-
-def read_ids(spool: Path | None) -> dict[str, str]:
-    """The placeholder -> run id map kept in a spool folder."""
-    if spool is None or not (spool / IDS_FILE).exists():
-        return {}
-    try:
-        return dict(json.loads((spool / IDS_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_ids(spool: Path | None, ids: dict[str, str]) -> None:
-    if spool is None:
-        return
-    spool.mkdir(parents=True, exist_ok=True)
-    tmp = spool / f"{IDS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({**read_ids(spool), **ids}), encoding="utf-8")
-    os.replace(tmp, spool / IDS_FILE)
-
-
-class Synced(NamedTuple):
-    """What :func:`sync` did: writes ``sent``, writes still ``waiting`` for an unreachable server."""
-
-    sent: int
-    waiting: int
-
-
-def sync(client: Any, spool: Path) -> Synced:
-    """Send every write waiting in ``spool`` (left by stopped studies), oldest process first.
-
-    Returns ``(sent, still_waiting)``; ``still_waiting > 0`` means the server is still away.
-    Each spool file is removed once it is fully sent. Raises :class:`SyncError` when nothing
-    waits any more but some writes could not be sent (now or by an earlier sync): they are kept
-    in the spool's ``failed-*.jsonl`` with the reason; a caller must never report success then.
-    Call :func:`hpo.spool.resolve_target` first: ``client`` must talk to the spool's store.
-    """
-    sent = 0
-    files = sorted(spool.glob("ops-*.jsonl"), key=lambda f: (not f.name.startswith("ops-d-"), f.stat().st_mtime)) \
-        if spool.is_dir() else []
-    for f in files:
-        ob = Outbox(client, spool, grace_s=0.0, file=f)
-        done = ob.flush(force=True, final=True)
-        sent += ob.sent_late
-        if not done:
-            return Synced(sent, waiting(spool))
-    files_dir = spool / "files"
-    if files_dir.is_dir() and not any(files_dir.iterdir()):
-        files_dir.rmdir()
-    failed = failed_writes(spool)
-    if failed:
-        raise SyncError(failed_message(failed, spool, getattr(client, "tracking_uri", "") or "", sent))
-    return Synced(sent, 0)
-
-
-def apply_http_defaults(uri: str) -> None:
-    """Fail-fast HTTP settings for MLflow's client when ``uri`` is a server (user settings win)."""
-    if uri.startswith(("http://", "https://")):
-        for key, value in HTTP_ENV.items():
-            os.environ.setdefault(key, value)

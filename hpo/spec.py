@@ -3,7 +3,8 @@
 Validation happens once, here, before anything is trained or written. Every problem is
 reported as ``FILE: KEY.PATH: RULE (got VALUE)``. This module imports neither torch nor
 MLflow, so ``hpo validate`` is instant. Reading the file lives in :mod:`hpo._spec_yaml`, the
-``params:`` rules in :mod:`hpo._spec_space`, the store URI rules in :mod:`hpo.store_uris`.
+``params:`` rules in :mod:`hpo._spec_space`, the rules that span sections (metric, GPUs, stores,
+grid search) in :mod:`hpo._spec_rules`, the store URI rules in :mod:`hpo.store_uris`.
 """
 
 from __future__ import annotations
@@ -19,28 +20,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpo._spec_data import DATASETS, TABULAR_DATASETS, check_data
 from hpo._spec_model import check_factory, parse_model
+from hpo._spec_rules import (
+    MAX_EXPERIMENT_NAME,
+    check_budget,
+    check_execution,
+    check_ignored_params,
+    check_metric,
+    check_tracking,
+)
 from hpo._spec_space import (
     MAX_GRID_POINTS,
     Choice,
     Fixed,
     Param,
     Range,
-    check_grid_size,
     closest,
-    key_path,
     parse_params,
     same_value,
 )
 from hpo._spec_yaml import MAX_SPEC_BYTES, SpecLoader, file_kind, read_limited
 from hpo.errors import SpecError
-from hpo.metrics import DEFAULT_METRIC, METRICS
 from hpo.params import MODEL_DEFAULTS, MODELS, default_value, param_names
 from hpo.store_uris import store_uri_problem
 
 MAX_SEED = 2**32 - 1  # numpy's and the fold splitter's seeds are 32-bit
-# MLflow's API takes 500 characters, but its SQL schema stores experiment names in a 256-character column,
-# so a longer name works on sqlite and fails on PostgreSQL/MySQL: keep to what every store holds
-MAX_EXPERIMENT_NAME = 256
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 # --------------------------------------------------------------------------- sections
@@ -327,52 +330,18 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
 
     # search
     s = raw.search
-    metric = s.metric or DEFAULT_METRIC[task]
-    if metric not in METRICS:
-        problems.append(("search.metric", f"unknown metric {metric!r}; known: {', '.join(METRICS)}{closest(metric, list(METRICS))}"))
-        direction = s.direction or "maximize"
-    else:
-        info = METRICS[metric]
-        if info.task != task:
-            fits = [m for m, i in METRICS.items() if i.task == task]
-            problems.append(("search.metric", f"{metric} is a {info.task} metric but the task is {task}; use one of {', '.join(fits)}"))
-        direction = s.direction or info.direction
-        if s.direction and s.direction != info.direction:
-            problems.append(("search.direction", f"{metric} is better when {'higher' if info.direction == 'maximize' else 'lower'}: direction must be {info.direction} (got {s.direction})"))
-
-    ex = raw.execution
-    if ex.gpus_per_trial > 0 and ex.device == "cpu":
-        problems.append(("execution.gpus_per_trial", f"asks for GPUs but execution.device is cpu (got {ex.gpus_per_trial})"))
-    if ex.gpus_per_trial > 1 and ex.gpus_per_trial != int(ex.gpus_per_trial):
-        problems.append(("execution.gpus_per_trial", f"above 1 must be a whole number of GPUs (got {ex.gpus_per_trial})"))
-
-    _check_tracking(raw.tracking, problems)
+    metric, direction = check_metric(s, task, problems)
+    check_execution(raw.execution, problems)
+    check_tracking(raw.tracking, problems)
 
     # params
     # a factory's keywords first (model.<keyword>), then the training parameters: one space, one grammar
     space = parse_params({**model_params, **raw.params}, model, problems)
     if factory_key and not any(k == "model" or k.startswith("model.") for k, _ in problems):
         space = check_factory(model, factory_key, space, source_path, problems)  # imports the user's module
-    # keys the trainer would silently ignore: say so rather than spend trials on them
-    if "label_smoothing" in raw.params and task == "regression":
-        problems.append(("params.label_smoothing", "has no effect on a regression task (it smooths "
-                         "classification targets); remove this key"))
-    if "augment" in raw.params and d.dataset in TABULAR_DATASETS:
-        problems.append(("params.augment", f"has no effect on tabular data ({d.dataset}): augment crops and "
-                         "flips images; remove this key"))
-
+    check_ignored_params(raw.params, task, d, problems)
+    check_budget(s, space, problems)
     n_trials = s.n_trials
-    if s.sampler == "grid":
-        for p in space:
-            if isinstance(p, Range) and not p.is_int and p.step is None:
-                problems.append((key_path(p.name), "grid search needs a finite grid: give this float range a step, or list the values"))
-            if isinstance(p, Range) and p.log:
-                problems.append((key_path(p.name), "grid search cannot use log: true; list the values instead"))
-            if p.when:
-                problems.append((f"{key_path(p.name)}.when", "grid search does not support conditional parameters; use sampler random or tpe, or list the combinations as separate specs"))
-        check_grid_size(space, problems)
-    elif n_trials is None:
-        problems.append(("search.n_trials", f"required for sampler {s.sampler}: how many trials to run"))
 
     if problems:
         raise SpecError(problems)
@@ -386,20 +355,6 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
         grid = spec.grid_size or 1
         n_trials = min(n_trials, grid) if n_trials else grid
     return _dc_replace(spec, n_trials=int(n_trials))
-
-
-def _check_tracking(t: TrackingSpec, problems: list) -> None:
-    """The store rules (schemes, in-memory sqlite, drivers, sqlite folders) and MLflow's name limits."""
-    for key, value, kind in (("uri", t.uri, "tracking"), ("storage", t.storage, "storage")):
-        rule = store_uri_problem(value, kind) if value is not None else None  # type: ignore[arg-type]
-        if rule:
-            problems.append((f"tracking.{key}", rule))
-    if t.experiment is not None:
-        if not t.experiment.strip():
-            problems.append(("tracking.experiment", "must not be empty; leave it out to use the study name"))
-        elif len(t.experiment) > MAX_EXPERIMENT_NAME:
-            problems.append(("tracking.experiment", f"is {len(t.experiment)} characters; MLflow stores at most "
-                             f"{MAX_EXPERIMENT_NAME}: shorten it"))
 
 
 __all__ = [
