@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._layout import assert_layout
 from tests._services import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -170,15 +171,14 @@ def _waiting(spool: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in spool.glob("ops-*.jsonl"))
 
 
-def _runs(url: str, name: str):
+def _layout(server: str, cwd: Path, spec: Path, **kw):
+    """The study's whole MLflow layout on ``server`` (through no relay), against the Optuna storage under ``cwd``."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=url)
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("hpo.role") == "study"]
-    children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
-    return client, parents, children
+    import hpo
+
+    return assert_layout(MlflowClient(tracking_uri=server), None, hpo.load_spec(spec),
+                         storage=f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}", **kw)
 
 
 def test_a_short_outage_loses_nothing(server, tmp_path):
@@ -186,19 +186,14 @@ def test_a_short_outage_loses_nothing(server, tmp_path):
     relay = Relay(int(server.rsplit(":", 1)[1]))
     name = "outage-short"
     try:
-        returncode, out, _ = _run_with_outage(tmp_path, relay, name, n=4, grace=120, down_for=8)
+        returncode, out, spec = _run_with_outage(tmp_path, relay, name, n=4, grace=120, down_for=8)
     finally:
         relay.cut()
     assert returncode == 0, out
     assert "does not answer" in out and "back" in out, out  # it did notice the outage
-    client, parents, children = _runs(server, name)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
-    for run in children:  # every epoch of every trial, none lost in the outage
-        epochs = int(run.data.metrics["epochs_trained"])
-        history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert sorted(m.step for m in history) == list(range(1, epochs + 1)) or \
-            sorted(m.step for m in history) == list(range(epochs)), (run.data.tags["hpo.trial"], history)
+    # every run, tag and artifact, and every epoch of every curve, none lost in the outage
+    layout = _layout(server, tmp_path, spec)
+    assert sorted(layout.children) == [0, 1, 2, 3] and {layout.state(n) for n in layout.children} == {"complete"}
     assert not list((tmp_path / "mlruns" / ".outbox").glob(f"{name}/ops-*.jsonl"))
 
 
@@ -212,8 +207,6 @@ def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(ser
     exit 75 with the URI in the hint; `hpo sync NAME` (no flag) sends the spool to that server,
     not to a local store, and refuses another URI; `--resume` ends with one child run per Optuna
     trial, none RUNNING, exactly n_trials finished, curves on every finished child."""
-    import optuna
-
     relay = Relay(int(server.rsplit(":", 1)[1]))
     name, n = "outage-long", 5
     # long trials: the one running when the study gives up is cut short, and --resume re-runs it
@@ -249,51 +242,18 @@ def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(ser
         assert "sent" in sync.stdout and relay.url in sync.stdout
         assert not list(spool.glob("ops-*.jsonl")) and not list(spool.glob("failed-*.jsonl"))
         assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing sent to (or created in) a local store
-        client, parents, children = _runs(server, name)
-        assert len(parents) == 1 and parents[0].info.status == "KILLED"
-        by_trial = {int(r.data.tags["hpo.trial"]): r for r in children}
-        # every trial Optuna finished has its MLflow run, closed, with its CV result
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
-        for t in study.trials:
-            assert t.number in by_trial, t.number
-            assert by_trial[t.number].info.status != "RUNNING"
-            if t.state == optuna.trial.TrialState.COMPLETE:
-                assert by_trial[t.number].data.metrics["cv_accuracy_mean"] == pytest.approx(t.value)
+        # every trial Optuna finished has its MLflow run, closed, with its CV result and curves; the parent KILLED
+        _layout(server, tmp_path, spec, status="KILLED")
 
         resumed = subprocess.run([sys.executable, "-m", "hpo", "run", str(spec), "--resume"], cwd=tmp_path,
                                  capture_output=True, text=True, timeout=600)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert not (tmp_path / "mlruns" / "mlflow.db").exists()
-        _assert_one_closed_child_per_trial(server, tmp_path, name, n)
+        # one parent FINISHED, one child per Optuna trial closed as it ended (interrupted ones KILLED), curves on each
+        layout = _layout(server, tmp_path, spec, resumed=True)
+        assert sum(not t.user_attrs.get("hpo.interrupted") for t in layout.trials) == n  # exactly n finished
     finally:
         relay.cut()
-
-
-def _assert_one_closed_child_per_trial(server: str, cwd: Path, name: str, n: int) -> None:
-    """The MLflow layout a finished study must have on ``server``: one parent FINISHED; one child per
-    Optuna trial, closed as the trial ended (interrupted ones KILLED); n finished; curves on each."""
-    import optuna
-
-    client, parents, children = _runs(server, name)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}")
-    numbers = sorted(int(r.data.tags["hpo.trial"]) for r in children)
-    assert numbers == [t.number for t in study.trials], (numbers, [t.number for t in study.trials])
-    by_trial = {int(r.data.tags["hpo.trial"]): r for r in children}
-    want = {optuna.trial.TrialState.COMPLETE: {"FINISHED"}, optuna.trial.TrialState.PRUNED: {"FINISHED"},
-            optuna.trial.TrialState.FAIL: {"FAILED", "KILLED"}}
-    finished = 0
-    for t in study.trials:
-        run = by_trial[t.number]
-        interrupted = bool(t.user_attrs.get("hpo.interrupted"))
-        assert run.info.status in ({"KILLED"} if interrupted else want[t.state]), (t.number, t.state, run.info.status)
-        if interrupted:
-            continue
-        finished += 1
-        if t.state == optuna.trial.TrialState.COMPLETE:
-            assert run.data.metrics["cv_accuracy_mean"] == pytest.approx(t.value)
-            assert client.get_metric_history(run.info.run_id, "val_accuracy"), t.number  # its curve arrived
-    assert finished == n
 
 
 def test_outage_detection_on_a_real_refused_connection(tmp_path):

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 
 import hpo
 from hpo.checkpoint import read_checkpoint
+from tests._layout import assert_layout
 from tests._services import mlflow_server, postgres_available, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,32 +91,21 @@ def pg_rows(dsn: str, sql: str, *args) -> list[tuple]:
 def test_study_over_http_lands_in_postgres_and_served_artifacts(mlflow_url, pg_dsn, served_artifacts,
                                                                 tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Optuna's own store (sqlite:///mlruns/optuna.db) lands here
-    spec = tmp_path / "pg_study.yaml"
-    spec.write_text(textwrap.dedent(STUDY.format(name="pg-iris")))
+    path = tmp_path / "pg_study.yaml"
+    path.write_text(textwrap.dedent(STUDY.format(name="pg-iris")))
+    spec = hpo.load_spec(path).replace(tracking_uri=mlflow_url)
 
-    result = hpo.run(spec, tracking_uri=mlflow_url)
+    result = hpo.run(spec)
 
     assert result.counts["complete"] == 3
     client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
 
-    # parent run and its three nested child runs, through the server
-    parent = client.get_run(result.parent_run_id)
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["hpo.role"] == "study"
+    # through the server, the whole layout: the parent run, its three nested child runs with their curves
+    # (step = epoch), the summary, one trial checkpoint (keep_checkpoints: 1), the registered model
+    layout = assert_layout(client, result, spec)
+    parent, children = layout.parent, list(layout.children.values())
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:"), parent.info.artifact_uri
-    children = client.search_runs(
-        [result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
-    assert len(children) == 3
-    assert {c.data.tags["hpo.state"] for c in children} == {"complete"}
-    for child in children:
-        assert "cv_accuracy_mean" in child.data.metrics
-        curve = client.get_metric_history(child.info.run_id, "val_accuracy")
-        assert sorted(m.step for m in curve) == [1, 2]  # step = epoch
-    assert "test_accuracy" in parent.data.metrics and "best_cv_accuracy" in parent.data.metrics
-
-    # the registered model
-    versions = client.search_model_versions("name = 'pg-iris'")
-    assert len(versions) == 1 and versions[0].run_id == result.parent_run_id
+    assert len(children) == 3 and {layout.state(n) for n in layout.children} == {"complete"}
 
     # ... and all of it really is in PostgreSQL
     run_ids = {r[0] for r in pg_rows(pg_dsn, "SELECT run_uuid FROM runs WHERE experiment_id = %s",
@@ -137,10 +127,7 @@ def test_study_over_http_lands_in_postgres_and_served_artifacts(mlflow_url, pg_d
     assert blob["model"] == "mlp" and blob["state"] is not None
     assert blob["params"]["width"] == result.best_params["width"]
 
-    # keep_checkpoints: 1 -> exactly one trial kept its fold weights (the others were deleted over HTTP)
-    kept = [c for c in children if any(f.path == "checkpoint/trial.pt"
-                                       for f in client.list_artifacts(c.info.run_id, "checkpoint"))]
-    assert len(kept) == 1
+    # keep_checkpoints: 1 -> one trial kept its fold weights; the others' were deleted over HTTP, from the folder too
     assert len(list(served_artifacts.rglob("checkpoint/trial.pt"))) == 1
 
     # the refit model loads back through the server
@@ -196,21 +183,18 @@ def test_submit_to_a_ray_head_and_worker_node_with_postgres_tracking(mlflow_url,
     assert "SUCCEEDED" in proc.stdout
 
     client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
-    exp = client.get_experiment_by_name("cluster-iris")
-    runs = client.search_runs([exp.experiment_id])
-    parent = [r for r in runs if r.data.tags.get("hpo.role") == "study"]
-    children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
-    assert len(parent) == 1 and len(children) == 3
-    assert all(c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for c in children)
-    assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 2 for c in children)
+    # the same layout as a local study (Optuna's storage: the spec's tracking.storage in PostgreSQL)
+    layout = assert_layout(client, None, hpo.load_spec(proj / "spec.yaml").replace(tracking_uri=mlflow_url))
+    children = list(layout.children.values())
+    assert len(children) == 3
     # the head offers no CPUs: every trial ran on the worker node's processes
     assert all("cpu" in c.data.tags["hpo.worker"] for c in children)
-    assert client.search_model_versions("name = 'cluster-iris'")
     # in PostgreSQL: the runs (MLflow) and the trials (Optuna)
-    ids = {r[0] for r in pg_rows(pg_dsn, "SELECT run_uuid FROM runs WHERE experiment_id = %s", int(exp.experiment_id))}
-    assert ids == {r.info.run_id for r in runs}
+    ids = {r[0] for r in pg_rows(pg_dsn, "SELECT run_uuid FROM runs WHERE experiment_id = %s",
+                                 int(layout.experiment_id))}
+    assert ids == {layout.parent.info.run_id, *(c.info.run_id for c in children)}
     optuna_dsn = optuna_db.replace("postgresql+psycopg2://", "postgresql://")
     assert pg_rows(optuna_dsn, "SELECT count(*) FROM trials WHERE state = 'COMPLETE'") == [(3,)]
     # the checkpoint downloads through the server
-    local = client.download_artifacts(parent[0].info.run_id, "checkpoint/best.pt", str(tmp_path))
+    local = client.download_artifacts(layout.parent.info.run_id, "checkpoint/best.pt", str(tmp_path))
     assert read_checkpoint(local)["state"] is not None

@@ -12,7 +12,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+import hpo
 from hpo.tracking import optuna_storage_for, store_lock
+from tests._layout import assert_layout
 from tests.conftest import run_cli
 
 SPEC = """
@@ -55,21 +57,22 @@ def _running_mid_epoch(trials):
     return done >= 1 and any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in trials)
 
 
+def _spec(tmp_path, store):
+    return hpo.load_spec(tmp_path / "spec.yaml").replace(tracking_uri=store)
+
+
 def _check_consistent(tmp_path, store, n):
+    """``--resume`` finishes the study: its whole layout (one parent run, one closed child per trial, none
+    RUNNING), n complete trials of n different draws, one refit."""
     proc = run_cli("run", "spec.yaml", "--tracking-uri", store, "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store)).get_trials()
-    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    client = MlflowClient(store, registry_uri=store)
+    layout = assert_layout(client, None, _spec(tmp_path, store), resumed=True)
+    finished = [t for t in layout.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == n
     assert len({(t.params["lr"], t.params["width"]) for t in finished}) == n  # no replayed draws
-    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    client = MlflowClient(store, registry_uri=store)
-    exp = client.get_experiment_by_name("resumable")
-    runs = client.search_runs([exp.experiment_id])
-    assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
-    assert not [r for r in runs if r.info.status == "RUNNING"]
     assert len(client.search_model_versions("name='resumable'")) == 1
-    return trials, runs
+    return layout
 
 
 @pytest.mark.slow
@@ -79,13 +82,11 @@ def test_kill_9_of_the_driver_then_resume(tmp_path, store):
     _wait_for(store, _running_mid_epoch)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    trials, runs = _check_consistent(tmp_path, store, 5)
-    stale = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    study = optuna.load_study(study_name="resumable", storage=optuna_storage_for(store))
-    assert len(stale) == 1 and study.user_attrs["hpo.requeued"] == [stale[0].number]
+    layout = _check_consistent(tmp_path, store, 5)
+    stale = [t for t in layout.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(stale) == 1 and layout.study.user_attrs["hpo.requeued"] == [stale[0].number]
     assert stale[0].user_attrs["hpo.interrupted"]
-    killed = [r for r in runs if r.info.status == "KILLED"]
-    assert len(killed) == 1
+    assert [n for n in layout.children if layout.state(n) == "killed"] == [stale[0].number]  # its run KILLED
 
 
 @pytest.mark.slow
@@ -97,8 +98,6 @@ def test_sigint_stops_cleanly_then_resume(tmp_path, store):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in out and "Traceback" not in err
-    client = MlflowClient(store)
-    exp = client.get_experiment_by_name("resumable")
-    runs = client.search_runs([exp.experiment_id])
-    assert not [r for r in runs if r.info.status == "RUNNING"]  # the cut trial is KILLED, the parent too
+    # the cut trial is KILLED, the parent too, and nothing is left RUNNING
+    assert_layout(MlflowClient(store), None, _spec(tmp_path, store), status="KILLED")
     _check_consistent(tmp_path, store, 5)

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 import hpo
 from hpo.errors import StudyExistsError
 from hpo.tracking import optuna_storage_for
+from tests._layout import assert_layout
 
 IRIS = """
 name: {name}
@@ -29,6 +30,11 @@ def iris_spec(write_spec, name="iris", sampler="tpe", n_trials=4, seed=0, pruner
     body = "\n".join(f"  {k}: {v}" for k, v in params.items())
     return write_spec(IRIS.format(name=name, sampler=sampler, n_trials=n_trials, seed=seed, pruner=pruner,
                                   params=body), name)
+
+
+def loaded(path, store):
+    """The spec at ``path`` as it runs on ``store``: what ``hpo.run`` takes and ``assert_layout`` checks."""
+    return hpo.load_spec(path).replace(tracking_uri=store)
 
 
 def trials(result, store):
@@ -58,72 +64,64 @@ def test_grid_runs_exactly_its_grid(write_spec, store):
 
 
 def test_pruned_trials_are_recorded_with_fewer_epochs(write_spec, store):
-    spec = iris_spec(write_spec, sampler="random", n_trials=10, pruner="median", seed=3,
-                     params={"lr": "{low: 1.0e-6, high: 1.0e-1, log: true}", "optimizer": "sgd", "epochs": "8"})
-    result = hpo.run(spec, tracking_uri=store)
-    ts = trials(result, store)
-    pruned = [t for t in ts if t.state == optuna.trial.TrialState.PRUNED]
+    spec = loaded(iris_spec(write_spec, sampler="random", n_trials=10, pruner="median", seed=3,
+                            params={"lr": "{low: 1.0e-6, high: 1.0e-1, log: true}", "optimizer": "sgd",
+                                    "epochs": "8"}), store)
+    result = hpo.run(spec)
+    layout = assert_layout(MlflowClient(store), result, spec)  # pruned runs FINISHED, curves = epochs_trained
+    pruned = [n for n in layout.children if layout.state(n) == "pruned"]
     assert pruned, "the median pruner should stop the tiny learning rates"
-    client = MlflowClient(store)
-    for t in pruned:
-        run = client.get_run(t.user_attrs["mlflow.run_id"])
-        assert run.data.tags["hpo.state"] == "pruned"
-        assert run.data.metrics["epochs_trained"] < 8
-        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) < 8
-    assert result.counts["pruned"] == len(pruned)
+    assert all(layout.children[n].data.metrics["epochs_trained"] < 8 for n in pruned)
 
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(write_spec, store):
-    spec = iris_spec(write_spec, sampler="grid",
-                     params={"lr": "[0.05, 1.0e+6]", "optimizer": "sgd", "momentum": "0.99", "epochs": "5"})
-    result = hpo.run(spec, tracking_uri=store)
-    states = {t.params["lr"]: t for t in trials(result, store)}
+    spec = loaded(iris_spec(write_spec, sampler="grid",
+                            params={"lr": "[0.05, 1.0e+6]", "optimizer": "sgd", "momentum": "0.99", "epochs": "5"}),
+                  store)
+    result = hpo.run(spec)
+    layout = assert_layout(MlflowClient(store), result, spec)  # the failed run FAILED, with an hpo.reason
+    states = {t.params["lr"]: t for t in layout.trials}
     assert states[1e6].state == optuna.trial.TrialState.FAIL
     assert "loss became" in states[1e6].user_attrs["reason"]
     assert states[0.05].state == optuna.trial.TrialState.COMPLETE
-    run = MlflowClient(store).get_run(states[1e6].user_attrs["mlflow.run_id"])
-    assert run.info.status == "FAILED" and "loss became" in run.data.tags["hpo.reason"]
+    assert "loss became" in layout.children[states[1e6].number].data.tags["hpo.reason"]
     assert result.counts == {"complete": 1, "pruned": 0, "failed": 1}
     assert result.test_metrics["accuracy"] > 0.5  # the refit still ran on the good trial
 
 
 def test_existing_study_needs_resume_and_resume_tops_up(write_spec, store):
-    spec = iris_spec(write_spec, n_trials=2)
-    first = hpo.run(spec, tracking_uri=store)
+    spec = loaded(iris_spec(write_spec, n_trials=2), store)
+    first = hpo.run(spec)
+    client = MlflowClient(store, registry_uri=store)
+    assert_layout(client, first, spec)
     with pytest.raises(StudyExistsError, match="--resume"):
-        hpo.run(spec, tracking_uri=store)
-    second = hpo.run(spec, tracking_uri=store, resume=True, n_trials=4)
+        hpo.run(spec)
+    second = hpo.run(spec, resume=True, n_trials=4)
     assert second.parent_run_id == first.parent_run_id
-    assert len(trials(second, store)) == 4
-    client = MlflowClient(store)
-    runs = client.search_runs([second.experiment_id])
-    assert sum(r.data.tags.get("hpo.role") == "study" for r in runs) == 1
-    assert sum(r.data.tags.get("hpo.role") == "trial" for r in runs) == 4
+    layout = assert_layout(client, second, spec, resumed=True)  # still one parent run, one child per trial
+    assert sorted(layout.children) == [0, 1, 2, 3]
 
 
 def test_checkpoints_kept_only_for_the_top_trials(write_spec, store):
-    spec = iris_spec(write_spec, n_trials=5)
-    result = hpo.run(spec, tracking_uri=store)
-    client = MlflowClient(store)
-    child = [r for r in client.search_runs([result.experiment_id]) if r.data.tags.get("hpo.role") == "trial"]
-    with_ckpt = [r for r in child if [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")]]
-    assert len(with_ckpt) == 1
-    best = [r for r in child if r.data.tags.get("best") == "true"]
-    assert len(best) == 1 and best[0].info.run_id == with_ckpt[0].info.run_id
-    assert int(best[0].data.tags["hpo.trial"]) == result.best_number
+    spec = loaded(iris_spec(write_spec, n_trials=5), store)
+    result = hpo.run(spec)
+    # keep_checkpoints: 1 -> checkpoint/trial.pt on the best trial only, which carries the best tag
+    layout = assert_layout(MlflowClient(store), result, spec)
+    assert layout.children[result.best_number].data.tags["best"] == "true"
 
 
 def test_out_of_memory_is_recorded_with_the_batch_size_and_a_hint(write_spec, store):
     """A real allocation failure (an MLP whose layers would need terabytes) fails that trial only."""
-    spec = iris_spec(write_spec, sampler="grid", params={"width": "[8, 2000000]", "depth": "2", "epochs": "2"})
-    result = hpo.run(spec, tracking_uri=store)
-    by_width = {t.params["width"]: t for t in trials(result, store)}
+    spec = loaded(iris_spec(write_spec, sampler="grid", params={"width": "[8, 2000000]", "depth": "2", "epochs": "2"}),
+                  store)
+    result = hpo.run(spec)
+    layout = assert_layout(MlflowClient(store), result, spec)  # the failed run FAILED, with an hpo.reason
+    by_width = {t.params["width"]: t for t in layout.trials}
     big = by_width[2000000]
     assert big.state == optuna.trial.TrialState.FAIL
     assert "out of memory" in big.user_attrs["reason"] and "batch_size" in big.user_attrs["reason"]
     assert by_width[8].state == optuna.trial.TrialState.COMPLETE
-    run = MlflowClient(store).get_run(big.user_attrs["mlflow.run_id"])
-    assert run.info.status == "FAILED" and "lower batch_size" in run.data.tags["hpo.reason"]
+    assert "lower batch_size" in layout.children[big.number].data.tags["hpo.reason"]
     assert result.counts["failed"] == 1 and result.counts["complete"] == 1
 
 
