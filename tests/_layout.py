@@ -58,7 +58,9 @@ def optuna_storage(spec: Any) -> str:
 def assert_layout(client: Any, result: Any, spec: Any, *, status: str | None = None, resumed: bool = False,
                   storage: str | None = None) -> Layout:
     """Assert the whole MLflow layout of the study of ``spec`` (an :class:`hpo.spec.Spec` carrying the
-    tracking URI it ran with) on ``client``'s store; returns what it read.
+    tracking URI it ran with) on ``client``'s store; returns what it read. ``client`` needs its
+    ``registry_uri`` set to the same store: without it MLflow falls back to a process-wide registry
+    URI that another test in the same worker may have left elsewhere.
 
     ``result``: the :class:`hpo.StudyResult` ``hpo.run`` returned, or ``None`` after a CLI run.
     ``status``: the parent run's expected status (default KILLED for an interrupted result, else

@@ -177,7 +177,7 @@ def _layout(server: str, cwd: Path, spec: Path, **kw):
 
     import hpo
 
-    return assert_layout(MlflowClient(tracking_uri=server), None, hpo.load_spec(spec),
+    return assert_layout(MlflowClient(tracking_uri=server, registry_uri=server), None, hpo.load_spec(spec),
                          storage=f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}", **kw)
 
 

@@ -68,7 +68,7 @@ def test_pruned_trials_are_recorded_with_fewer_epochs(write_spec, store):
                             params={"lr": "{low: 1.0e-6, high: 1.0e-1, log: true}", "optimizer": "sgd",
                                     "epochs": "8"}), store)
     result = hpo.run(spec)
-    layout = assert_layout(MlflowClient(store), result, spec)  # pruned runs FINISHED, curves = epochs_trained
+    layout = assert_layout(MlflowClient(store, registry_uri=store), result, spec)  # pruned runs FINISHED, curves = epochs_trained
     pruned = [n for n in layout.children if layout.state(n) == "pruned"]
     assert pruned, "the median pruner should stop the tiny learning rates"
     assert all(layout.children[n].data.metrics["epochs_trained"] < 8 for n in pruned)
@@ -79,7 +79,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(write_spec, store):
                             params={"lr": "[0.05, 1.0e+6]", "optimizer": "sgd", "momentum": "0.99", "epochs": "5"}),
                   store)
     result = hpo.run(spec)
-    layout = assert_layout(MlflowClient(store), result, spec)  # the failed run FAILED, with an hpo.reason
+    layout = assert_layout(MlflowClient(store, registry_uri=store), result, spec)  # the failed run FAILED, with an hpo.reason
     states = {t.params["lr"]: t for t in layout.trials}
     assert states[1e6].state == optuna.trial.TrialState.FAIL
     assert "loss became" in states[1e6].user_attrs["reason"]
@@ -106,7 +106,7 @@ def test_checkpoints_kept_only_for_the_top_trials(write_spec, store):
     spec = loaded(iris_spec(write_spec, n_trials=5), store)
     result = hpo.run(spec)
     # keep_checkpoints: 1 -> checkpoint/trial.pt on the best trial only, which carries the best tag
-    layout = assert_layout(MlflowClient(store), result, spec)
+    layout = assert_layout(MlflowClient(store, registry_uri=store), result, spec)
     assert layout.children[result.best_number].data.tags["best"] == "true"
 
 
@@ -115,7 +115,7 @@ def test_out_of_memory_is_recorded_with_the_batch_size_and_a_hint(write_spec, st
     spec = loaded(iris_spec(write_spec, sampler="grid", params={"width": "[8, 2000000]", "depth": "2", "epochs": "2"}),
                   store)
     result = hpo.run(spec)
-    layout = assert_layout(MlflowClient(store), result, spec)  # the failed run FAILED, with an hpo.reason
+    layout = assert_layout(MlflowClient(store, registry_uri=store), result, spec)  # the failed run FAILED, with an hpo.reason
     by_width = {t.params["width"]: t for t in layout.trials}
     big = by_width[2000000]
     assert big.state == optuna.trial.TrialState.FAIL
