@@ -114,7 +114,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False)
     import hpo.refit
     import hpo.study as hs
     import hpo.tracking as ht
-    from hpo.reporting import EpochSink
+    from hpo.epochs import EpochSink
 
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t:
         uri = f"sqlite:///{tmp}/mlflow.db"

@@ -89,7 +89,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
     import hpo.executors.local as local
     import hpo.study as hs
     import hpo.tracking as ht
-    from hpo.reporting import EpochSink
+    from hpo.epochs import EpochSink
     from hpo.spec import parse_spec
 
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t, SqliteProbe() as probe:

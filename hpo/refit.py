@@ -38,7 +38,7 @@ class Refit:
 def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | None:
     """Train the best trial's parameters on the whole training split for the mean best epoch of its
     folds, where trials run, and test once; ``None`` when no trial completed."""
-    from hpo.trial import RefitJob
+    from hpo.trial import FOLD_EPOCHS_ATTR, RefitJob, refit_epochs
 
     try:
         best = study.best_trial
@@ -46,7 +46,7 @@ def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | N
         log.warning("no trial completed; nothing to refit")
         return None
     params = space.resolve(spec, best.params)
-    epochs = max(1, round(float(np.mean(best.user_attrs.get("fold_best_epochs", [params["epochs"]])))))
+    epochs = refit_epochs(best.user_attrs.get(FOLD_EPOCHS_ATTR), params["epochs"])
     params = {**params, "epochs": epochs}
     task_metrics = [m for m, info in METRICS.items() if info.task == spec.task]
     job = RefitJob(model=spec.model, params=params, epochs=epochs, seed=spec.search.seed * 7 + 1,

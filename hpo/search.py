@@ -84,9 +84,13 @@ def _grid_sampler_class():
 
 def make_pruner(spec: Spec):
     """The Optuna pruner of ``spec`` (``NopPruner`` for ``none``)."""
+    return pruner(spec.search.pruner)
+
+
+def pruner(name: str):
+    """The Optuna pruner called ``name`` in a spec's ``search.pruner`` (``NopPruner`` for ``none``)."""
     import optuna
 
-    name = spec.search.pruner
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
     if name == "successive_halving":

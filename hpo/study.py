@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpo import space
 from hpo.errors import StudyExistsError
 from hpo.interrupts import Interrupted, Interrupts
+from hpo.metrics import is_better
 from hpo.redact import redact
 from hpo.resume import (
     KEY_ATTR,
@@ -34,12 +33,27 @@ from hpo.resume import (
 )
 from hpo.search import make_pruner, make_sampler, open_storage
 from hpo.spec import Spec, load_spec
-from hpo.trial import COMPLETE, FAILED, PRUNED, TrialResult, TrialSpec
+from hpo.trial import (
+    COMPLETE,
+    CV_STD_ATTR,
+    DURATION_ATTR,
+    FAILED,
+    FOLD_EPOCHS_ATTR,
+    FOLD_VALUES_ATTR,
+    INTERRUPTED_ATTR,
+    KILLED,
+    PRUNED,
+    REASON_ATTR,
+    RUN_ID_ATTR,
+    TrainingSet,
+    TrialResult,
+    TrialSpec,
+)
 
 log = logging.getLogger("hpo")
 
-INTERRUPTED_ATTR = "hpo.interrupted"  # a trial cut short by Ctrl-C or a dead driver: re-queued on resume
 REQUEUED_ATTR = "hpo.requeued"
+SIGNAL_STOP, TRACKING_STOP = "SIGINT/SIGTERM", "the tracking server was unreachable"  # why trials were stopped
 
 
 @dataclass
@@ -155,6 +169,7 @@ class StudyRunner:
         self.resume = resume
         self.progress = progress
         self._stop = False  # no new trials (a signal, lost tracking)
+        self._why: str | None = None  # why running trials were told to stop (SIGNAL_STOP, TRACKING_STOP)
         self._started = 0.0
         self._started_ray = False
         self.already_finished = False
@@ -168,9 +183,9 @@ class StudyRunner:
         import optuna
 
         from hpo.data import load_spec_dataset
+        from hpo.epochs import EpochSink
         from hpo.folds import make_folds
         from hpo.outbox import spool_dir
-        from hpo.reporting import EpochSink
         from hpo.spool import failed_writes, resolve_target, waiting
         from hpo.sqlite_store import check_writable
         from hpo.tracking import Tracker, check_reachable, optuna_storage_for, store_lock
@@ -228,34 +243,25 @@ class StudyRunner:
             self.study.set_user_attr("mlflow.parent_run_id", self.parent_id)
 
         self.sink = EpochSink(self.tracker.out, self.study, spec.metric)
-        self.executor = self._executor(folds)
+        self.executor = self._executor(TrainingSet(self.dataset.x_train, self.dataset.y_train, self.dataset.n_classes,
+                                                   folds, standardize=spec.data.standardize))
         self.topk = _TopK(spec.tracking.keep_checkpoints, spec.direction)
         self.best_run: str | None = None
         self.best_value: float | None = None
         self._rebuild_state()
 
-    def _executor(self, folds: list[tuple[np.ndarray, np.ndarray]]):
+    def _executor(self, training: TrainingSet):
         """The executor the spec asks for, with the training data placed where its trials run."""
-        spec, ds = self.spec, self.dataset
-        ex = spec.execution
-        if ex.executor == "ray":
-            from hpo.executors.ray import RayExecutor, connect
+        from hpo.epochs import SinkConfig
+        from hpo.executors import make_executor
 
-            self._started_ray = connect(ex.address, code_dirs=self._code_dirs())
-            sink_args = {"tracking_uri": spec.tracking.uri, "storage_url": self.storage_url,
-                         "study_name": spec.name, "metric": spec.metric, "spec": spec,
-                         "spool": str(self.tracker.spool)}
-            return RayExecutor(x=ds.x_train, y=ds.y_train, n_classes=ds.n_classes, folds=folds, sink_args=sink_args,
-                               device=ex.device, max_concurrency=ex.max_concurrent_trials,
-                               cpus_per_trial=ex.cpus_per_trial, gpus_per_trial=ex.gpus_per_trial,
-                               max_retries=ex.max_retries, threads_per_trial=ex.threads_per_trial,
-                               prunes=self.sink.prunes, standardize=spec.data.standardize)
-        from hpo.executors import LocalExecutor
-        from hpo.trial import FoldData
-
-        self.fold_data = FoldData.build(ds.x_train, ds.y_train, ds.n_classes, folds, self.device,
-                                        standardize=spec.data.standardize)
-        return LocalExecutor(self.fold_data, self.sink, ex.max_concurrent_trials, ex.threads_per_trial)
+        spec = self.spec
+        config = SinkConfig(tracking_uri=spec.tracking.uri, storage_url=self.storage_url, study_name=spec.name,
+                            metric=spec.metric, pruner=spec.search.pruner,
+                            outage_timeout=spec.tracking.outage_timeout, spool=str(self.tracker.spool))
+        executor, self._started_ray = make_executor(spec, training, sink=self.sink, sink_config=config,
+                                                    device=self.device, code_dirs=self._code_dirs())
+        return executor
 
     def _code_dirs(self) -> list[str]:
         """Where the spec's user code is imported from (spec folder, working directory), when it has any."""
@@ -278,7 +284,7 @@ class StudyRunner:
             if t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in requeued:
                 self.study.enqueue_trial(t.params, skip_if_exists=False)
                 requeued.add(t.number)
-                run_id = self.tracker.out.real_id(t.user_attrs.get("mlflow.run_id"))
+                run_id = self.tracker.out.real_id(t.user_attrs.get(RUN_ID_ATTR))
                 if run_id:
                     try:
                         self.tracker.out.set_terminated(run_id, status="KILLED")
@@ -287,10 +293,10 @@ class StudyRunner:
                         pass
         self.study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            run_id = self.tracker.out.real_id(t.user_attrs.get("mlflow.run_id"))
+            run_id = self.tracker.out.real_id(t.user_attrs.get(RUN_ID_ATTR))
             if run_id and t.value is not None:
                 self.topk.offer(t.value, t.number, run_id)
-                if self.best_value is None or (t.value > self.best_value) == (self.spec.direction == "maximize"):
+                if is_better(t.value, self.best_value, self.spec.direction):
                     self.best_value, self.best_run = t.value, run_id
         if self.best_run is not None:  # a crash between tell and the tag move left it elsewhere, or nowhere
             self.tracker.repair_best(self.best_run)
@@ -319,7 +325,7 @@ class StudyRunner:
             params = space.resolve(spec, sampled)
             run_id = self.tracker.start_trial(trial.number, params, sampled)
             self._launching = (trial, run_id, params)
-            trial.set_user_attr("mlflow.run_id", run_id)
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
                        direction=spec.direction, seed=spec.search.seed, run_id=run_id)
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
@@ -332,29 +338,29 @@ class StudyRunner:
         from optuna.trial import TrialState
 
         spec = self.spec
-        if (self._stop or self.sink.stopping) and result.state == PRUNED:  # stopped, not pruned
-            why = "the tracking server was unreachable" if self.sink.outbox.gave_up else "SIGINT/SIGTERM"
-            result.state, result.reason = "killed", f"interrupted ({why}); re-queued on --resume"
-        trial.set_user_attr("duration_s", round(result.duration_s, 3))
+        if result.state == KILLED:  # the epoch sink stopped it: say why the study stopped
+            if self._why is None and self.executor.tracking_lost(wait_s=10.0):
+                self._why = TRACKING_STOP
+            result.reason = f"interrupted ({self._why or SIGNAL_STOP}); re-queued on --resume"
+        trial.set_user_attr(DURATION_ATTR, round(result.duration_s, 3))
         if result.fold_values:
-            trial.set_user_attr("fold_values", result.fold_values)
-            trial.set_user_attr("fold_best_epochs", result.fold_best_epochs)
-            trial.set_user_attr("cv_std", result.std)
+            trial.set_user_attr(FOLD_VALUES_ATTR, result.fold_values)
+            trial.set_user_attr(FOLD_EPOCHS_ATTR, result.fold_best_epochs)
+            trial.set_user_attr(CV_STD_ATTR, result.std)
         if result.reason:
-            trial.set_user_attr("reason", result.reason)
+            trial.set_user_attr(REASON_ATTR, result.reason)
         if result.state == COMPLETE:
             self.study.tell(trial, result.value)
         elif result.state == PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
-            if result.state == "killed":
+            if result.state == KILLED:
                 trial.set_user_attr(INTERRUPTED_ATTR, True)
             self.study.tell(trial, state=TrialState.FAIL)
         self.tracker.end_trial(run_id, result, spec.metric)
         if result.state == COMPLETE and result.value is not None:
             self._keep_checkpoint(result, run_id, params)
-            if self.best_value is None or (result.value > self.best_value) == (spec.direction == "maximize") \
-                    and result.value != self.best_value:
+            if is_better(result.value, self.best_value, spec.direction):
                 self.tracker.move_best(self.best_run, run_id)
                 self.best_value, self.best_run = result.value, run_id
         result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
@@ -386,6 +392,7 @@ class StudyRunner:
     def _on_signal(self) -> None:
         """First Ctrl-C / SIGTERM during the search: no new trials; running ones stop after their epoch."""
         self._stop = True
+        self._why = self._why or SIGNAL_STOP
         self.executor.stop_trials()
         if self.progress is not None:
             self.progress.message("stopping: no new trials; running ones stop after their epoch "
@@ -577,11 +584,12 @@ class StudyRunner:
         """Retry waiting tracking writes; stop the study when the server has been gone too long."""
         out = self.tracker.out
         out.flush()
-        if (out.gave_up or self.sink.outbox.gave_up) and not self._stop:
+        if (out.gave_up or self.executor.tracking_lost()) and not self._stop:
             self._lose_tracking()
 
     def _lose_tracking(self) -> None:
         self._stop = self.tracking_lost = True
+        self._why = self._why or TRACKING_STOP
         self.executor.stop_trials()
         if self.progress is not None:
             self.progress.message(f"the tracking server {redact(self.spec.tracking.uri)} has not answered for "

@@ -2,7 +2,7 @@
 
 All calls go through :class:`mlflow.MlflowClient` with explicit run ids (no global active
 run), so trials on threads or other processes log into the right run. A running trial's
-curves go out in batches through the epoch sink (:mod:`hpo.reporting`).
+curves go out in batches through the epoch sink (:mod:`hpo.epochs`).
 """
 
 from __future__ import annotations
@@ -203,6 +203,16 @@ class Tracker:
             self._drop_best(other)
         if run_id not in ids:
             self.out.set_tag(run_id, BEST_TAG, "true")
+
+
+def curve_log(uri: str, spool: str | Path | None, grace_s: float) -> Outbox:
+    """An outbox of its own on the tracking store at ``uri``, for the epoch sink's curves (the Ray sink
+    actor opens one in its process; spool file role ``s``)."""
+    from mlflow import MlflowClient
+
+    use_wal(uri)
+    apply_http_defaults(uri)
+    return Outbox(MlflowClient(tracking_uri=uri), spool, grace_s=grace_s, role="s")
 
 
 def trial_run_name(number: int, sampled: dict[str, Any]) -> str:

@@ -1,30 +1,47 @@
-"""One trial: a plain record in (:class:`TrialSpec`), k-fold training, a plain record out (:class:`TrialResult`).
+"""The records a trial travels in: :class:`TrialSpec` to a worker, :class:`TrialResult` back.
 
-Nothing here imports Optuna, MLflow or Ray: a ``TrialSpec`` can be pickled to any worker,
-and the only channel back while it runs is the ``on_epoch`` callback, which receives the
-epoch's metrics and answers whether to stop (pruning).
+Plain, picklable, torch-free data: the driver, the read-side CLI and any worker import this
+module without importing torch, Optuna, MLflow or Ray. The fold training that turns one
+into the other lives in :mod:`hpo.crossval`.
+
+Also here: a trial's end states, the epoch callback's answer (:class:`Verdict`), and the
+names of the user attributes a trial is stored with in Optuna (``hpo show`` and
+``--resume`` read them back).
 """
 
 from __future__ import annotations
 
+import enum
 import math
-import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
+COMPLETE, PRUNED, FAILED, KILLED = "complete", "pruned", "failed", "killed"
+"""How a trial ended: every fold trained (or stopped early by patience); stopped by the pruner;
+an error; stopped because the study stopped (Ctrl-C, lost tracking): re-queued on ``--resume``."""
 
-from hpo.metrics import compute_metric, is_better
-from hpo.training import Data, Diverged, Learner
+# user attributes of an Optuna trial (read back by --resume, `hpo show` and the report)
+RUN_ID_ATTR = "mlflow.run_id"  # the trial's MLflow child run
+DURATION_ATTR = "duration_s"
+FOLD_VALUES_ATTR = "fold_values"  # each fold's best-epoch metric
+FOLD_EPOCHS_ATTR = "fold_best_epochs"  # each fold's best epoch
+CV_STD_ATTR = "cv_std"
+REASON_ATTR = "reason"  # why it was pruned, failed or stopped
+INTERRUPTED_ATTR = "hpo.interrupted"  # a FAIL that is not final: cut short by the study stopping, re-queued on resume
 
-COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
-EpochCallback = Callable[[int, dict[str, float]], bool]
-"""``on_epoch(epoch, metrics) -> stop``: called after every epoch with the fold-mean and
-per-fold metrics; returning True stops the trial as pruned."""
+class Verdict(enum.Enum):
+    """The answer to every epoch a trial reports: go on, stop as pruned, or stop because the study stops."""
+
+    GO = "go"
+    PRUNE = "prune"
+    STOP = "stop"
+
+
+EpochCallback = Callable[[int, dict[str, float]], Verdict]
+"""``on_epoch(epoch, metrics) -> Verdict``: called after every epoch with the fold-mean and
+per-fold metrics."""
 
 
 @dataclass(frozen=True)
@@ -53,130 +70,27 @@ class TrialResult:
     duration_s: float = 0.0
     reason: str = ""
     checkpoint: dict[str, Any] | None = None  # best-epoch weights of every fold, CPU tensors
-    last_value: float | None = None  # last fold-mean reported (what a pruned trial is told with)
     worker: str = ""  # where it ran: node, device
     attempts: int = 1  # >1 when a lost worker made it run again
 
     @property
     def std(self) -> float:
         """Standard deviation over folds of the best-epoch metric."""
-        return float(np.std(self.fold_values)) if self.fold_values else float("nan")
+        import numpy as np
 
-    @property
-    def mean_best_epoch(self) -> int:
-        """The epoch count a refit on all training data uses: the mean best epoch, rounded."""
-        return max(1, round(float(np.mean(self.fold_best_epochs)))) if self.fold_best_epochs else 1
+        return float(np.std(self.fold_values)) if self.fold_values else math.nan
 
 
-@dataclass
-class FoldData:
-    """A study's training data on a device, with its cross-validation folds as index tensors."""
+@dataclass(frozen=True)
+class TrainingSet:
+    """A study's training split and its cross-validation folds, as NumPy arrays: what every
+    executor is given, to place on the device where its trials run."""
 
-    data: Data
-    folds: list[tuple[torch.Tensor, torch.Tensor]]
-
-    @classmethod
-    def build(cls, x: np.ndarray, y: np.ndarray, n_classes: int,
-              folds: list[tuple[np.ndarray, np.ndarray]], device: str, standardize: bool = True) -> FoldData:
-        """Move ``x``, ``y`` and the fold indices to ``device`` once, for every trial to share.
-
-        ``standardize``: whether each fold's learner standardises its inputs (``data.standardize``)."""
-        data = Data.from_arrays(x, y, n_classes, device, standardize=standardize)
-        idx = [(torch.as_tensor(np.asarray(tr).copy()).to(data.device), torch.as_tensor(np.asarray(va).copy()).to(data.device))
-               for tr, va in folds]
-        return cls(data, idx)
-
-
-def record_failure(result: TrialResult, exc: BaseException) -> None:
-    """Record an exception inside a trial as its failure: type, message and where it happened."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-    result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
-
-
-def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = None) -> TrialResult:
-    """Train ``spec``'s k fold models in lockstep and score them; never raises.
-
-    After every epoch the fold-mean validation metric goes to ``on_epoch``; a True answer
-    stops the trial as pruned. Patience (early stopping) acts on the same mean. A NaN/inf
-    loss stops the trial at once as failed; any exception is recorded as failed with its
-    message.
-    """
-    start = time.perf_counter()
-    result = TrialResult(number=spec.number, state=COMPLETE)
-    learners: list[Learner] = []
-    epoch = 0
-    try:
-        params = spec.params
-        epochs = int(params["epochs"])
-        patience = int(params["patience"])
-        learners = [
-            Learner(fd.data, tr, spec.model, params, seed=spec.seed * 1_000_003 + spec.number * 101 + k,
-                    direction=spec.direction, epochs=epochs)
-            for k, (tr, _va) in enumerate(fd.folds)
-        ]
-        y_cpu = fd.data.y.cpu().numpy()
-        val_y = [y_cpu[va.cpu().numpy()] for _tr, va in fd.folds]
-        best_mean, since_best = None, 0
-        m = spec.metric
-        for epoch in range(1, epochs + 1):
-            metrics: dict[str, float] = {}
-            values, train_losses, val_losses = [], [], []
-            for k, (learner, (_tr, va)) in enumerate(zip(learners, fd.folds, strict=True)):
-                try:
-                    train_loss = learner.train_epoch()
-                except Diverged as exc:
-                    raise Diverged(f"{exc} at epoch {epoch} (fold {k}); lower lr or set grad_clip") from None
-                out, val_loss = learner.predict(fd.data, va)
-                value = compute_metric(m, val_y[k], out, fd.data.n_classes)
-                learner.end_epoch(epoch, value, val_loss)
-                metrics[f"fold{k}/val_{m}"] = value
-                metrics[f"fold{k}/train_loss"] = train_loss
-                values.append(value)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-            mean = float(np.mean(values))
-            metrics[f"val_{m}"] = mean
-            metrics["train_loss"] = float(np.mean(train_losses))
-            metrics["val_loss"] = float(np.mean(val_losses))
-            result.epochs_trained = epoch
-            result.last_value = mean
-            if not math.isfinite(mean):
-                raise Diverged(f"validation {m} became {mean} at epoch {epoch}")
-            if on_epoch is not None and on_epoch(epoch, metrics):
-                result.state = PRUNED
-                result.reason = f"pruned after epoch {epoch} ({m} {mean:.4g})"
-                break
-            if is_better(mean, best_mean, spec.direction):
-                best_mean, since_best = mean, 0
-            else:
-                since_best += 1
-                if patience and since_best >= patience:
-                    break
-    except Diverged as exc:
-        result.state, result.reason = FAILED, str(exc)
-    except torch.OutOfMemoryError:
-        result.state = FAILED
-        result.reason = (f"CUDA out of memory at batch_size {spec.params.get('batch_size')}; "
-                         "lower the batch_size choices or run fewer trials per GPU")
-    except RuntimeError as exc:
-        if "DefaultCPUAllocator" in str(exc):  # the CPU allocator's out-of-memory
-            result.state = FAILED
-            result.reason = (f"out of memory (CPU) at batch_size {spec.params.get('batch_size')}, width "
-                             f"{spec.params.get('width')}: {str(exc).split('DefaultCPUAllocator: ')[-1][:200]}; "
-                             "lower batch_size/width or run fewer concurrent trials")
-        else:
-            record_failure(result, exc)
-    except Exception as exc:  # a trial's failure is data, never fatal to the study
-        record_failure(result, exc)
-    if learners and all(lr.best_state is not None for lr in learners):
-        result.fold_values = [float(lr.best_value) for lr in learners]
-        result.fold_best_epochs = [lr.best_epoch for lr in learners]
-        result.value = float(np.mean(result.fold_values))
-        result.checkpoint = {"folds": [lr.best_state for lr in learners],
-                             "best_epochs": result.fold_best_epochs}
-    result.duration_s = time.perf_counter() - start
-    return result
+    x: Any  # numpy array, samples first
+    y: Any
+    n_classes: int  # 0 for regression
+    folds: list[tuple[Any, Any]]  # (train indices, validation indices) per fold
+    standardize: bool = True  # whether each fold's learner standardises its inputs (data.standardize)
 
 
 @dataclass(frozen=True)
@@ -191,16 +105,8 @@ class RefitJob:
     metrics: list[str]
 
 
-def run_refit(job: RefitJob, data: Data, x_test: np.ndarray, y_test: np.ndarray) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Train ``job`` on all of ``data`` (the training split, on its device); returns the CPU model
-    (eval mode) and its metrics on the test split."""
-    from hpo.training import evaluate
-
-    learner = Learner(data, torch.arange(len(data.x), device=data.device), job.model, job.params, seed=job.seed,
-                      direction=job.direction, epochs=job.epochs)
-    for _ in range(job.epochs):
-        learner.step_schedule(learner.train_epoch())
-    test = Data.from_arrays(x_test, y_test, data.n_classes, data.device)
-    metrics = evaluate(learner, test, job.metrics)
-    model = learner.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
-    return model, metrics
+def refit_epochs(fold_best_epochs: Sequence[int] | None, default: int) -> int:
+    """The epoch count a refit on all training data uses: the folds' mean best epoch, rounded
+    (``default`` when the trial recorded none), at least 1."""
+    epochs = fold_best_epochs or [default]
+    return max(1, round(sum(epochs) / len(epochs)))

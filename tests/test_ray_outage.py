@@ -108,11 +108,6 @@ def local_ray(tmp_path, monkeypatch):
     ray.shutdown()
 
 
-@pytest.mark.xfail(
-    reason="on Ray the driver looks only at its own outbox, never at the epoch-sink actor's: the trials the actor "
-           "stops for the lost tracking server are told to Optuna as PRUNED (final) instead of interrupted "
-           "(FAIL + hpo.interrupted), so --resume re-queues none of them; the driver restructure fixes it",
-    raises=AssertionError, strict=True)
 def test_a_long_outage_on_ray_interrupts_the_running_trials_and_resume_reruns_them(server, local_ray, tmp_path):  # noqa: F811
     import threading
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from hpo.crossval import FoldData, run_trial
 from hpo.data import load_dataset
 from hpo.folds import make_folds
 from hpo.params import PARAMS, default_value
 from hpo.training import Data, Learner, augment_batch, evaluate
-from hpo.trial import COMPLETE, FAILED, PRUNED, FoldData, TrialSpec, run_trial
+from hpo.trial import COMPLETE, FAILED, KILLED, PRUNED, TrainingSet, TrialSpec, Verdict
 
 
 def params(model: str = "mlp", **kw):
@@ -27,9 +28,14 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def digits_folds(digits):
+def digits_training(digits):
     folds = make_folds(digits.y_train, 3, seed=0, stratified=True)
-    return FoldData.build(digits.x_train, digits.y_train, digits.n_classes, folds, "cpu")
+    return TrainingSet(digits.x_train, digits.y_train, digits.n_classes, folds)
+
+
+@pytest.fixture(scope="module")
+def digits_folds(digits_training):
+    return FoldData.build(digits_training, "cpu")
 
 
 def test_training_lowers_the_loss(digits):
@@ -54,7 +60,7 @@ def test_image_models_train_on_digits(digits, model, extra):
 def test_trial_scores_mean_of_fold_best_epochs(digits_folds):
     seen = []
     spec = TrialSpec(0, params(lr=1e-2, epochs=4), "mlp", "accuracy", "maximize", seed=0)
-    result = run_trial(spec, digits_folds, lambda epoch, m: seen.append((epoch, m)) and False)
+    result = run_trial(spec, digits_folds, lambda epoch, m: seen.append((epoch, m)) or Verdict.GO)
     assert result.state == COMPLETE
     assert result.epochs_trained == 4 and [e for e, _ in seen] == [1, 2, 3, 4]
     assert set(seen[0][1]) >= {"val_accuracy", "train_loss", "fold0/val_accuracy", "fold2/train_loss"}
@@ -73,9 +79,18 @@ def test_same_seed_same_result(digits_folds):
 
 def test_pruning_stops_the_trial_early(digits_folds):
     spec = TrialSpec(0, params(epochs=10), "mlp", "accuracy", "maximize", seed=0)
-    result = run_trial(spec, digits_folds, lambda epoch, m: epoch >= 2)
+    result = run_trial(spec, digits_folds, lambda epoch, m: Verdict.PRUNE if epoch >= 2 else Verdict.GO)
     assert result.state == PRUNED and result.epochs_trained == 2
     assert "pruned after epoch 2" in result.reason
+
+
+def test_a_stopping_study_ends_the_trial_killed_by_the_worker_itself(digits_folds):
+    """STOP (Ctrl-C, lost tracking) is not pruning: the worker's result says KILLED, nobody relabels it."""
+    spec = TrialSpec(0, params(epochs=10), "mlp", "accuracy", "maximize", seed=0)
+    result = run_trial(spec, digits_folds, lambda epoch, m: Verdict.STOP if epoch >= 3 else Verdict.GO)
+    assert result.state == KILLED and result.epochs_trained == 3
+    assert result.reason == "stopped by the study after epoch 3"
+    assert len(result.fold_values) == 3  # what it learnt so far is kept with it
 
 
 def test_patience_stops_on_the_fold_mean(digits_folds):
@@ -101,7 +116,7 @@ def test_exception_inside_a_trial_is_recorded(digits_folds):
 def test_regression_trial_reports_rmse_in_target_units():
     ds = load_dataset("diabetes", seed=0)
     folds = make_folds(ds.y_train, 3, seed=0, stratified=False)
-    fd = FoldData.build(ds.x_train, ds.y_train, 0, folds, "cpu")
+    fd = FoldData.build(TrainingSet(ds.x_train, ds.y_train, 0, folds), "cpu")
     result = run_trial(TrialSpec(0, params(lr=1e-2, epochs=30), "mlp", "rmse", "minimize", 0), fd)
     assert result.state == COMPLETE
     assert 40 < result.value < 80  # diabetes targets span ~25..346; predicting the mean gives ~77
@@ -115,17 +130,17 @@ def test_augment_keeps_shape_and_content_scale():
     assert out.max() <= x.max() and math.isfinite(float(out.sum()))
 
 
-def test_local_executor_gives_each_concurrent_trial_its_share_of_threads(digits_folds):
+def test_local_executor_gives_each_concurrent_trial_its_share_of_threads(digits_training):
     """Trial threads run with threads_per_trial intra-op threads; the caller's setting comes back after."""
     from hpo.executors.local import LocalExecutor
 
     before = torch.get_num_threads()
-    pool = LocalExecutor(digits_folds, sink=None, max_concurrency=2, threads_per_trial=1)
+    pool = LocalExecutor(digits_training, sink=None, max_concurrency=2, threads_per_trial=1)
     try:
         assert {pool._pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
     finally:
         pool.close()
-    inline = LocalExecutor(digits_folds, sink=None, max_concurrency=1, threads_per_trial=3)
+    inline = LocalExecutor(digits_training, sink=None, max_concurrency=1, threads_per_trial=3)
     assert torch.get_num_threads() == 3
     inline.close()
     assert torch.get_num_threads() == before

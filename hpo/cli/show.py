@@ -9,9 +9,11 @@ import sys
 from typing import Any
 
 from hpo.cli._common import add_tracking_uri, open_study
+from hpo.trial import CV_STD_ATTR, DURATION_ATTR, INTERRUPTED_ATTR, REASON_ATTR, RUN_ID_ATTR
 
 NAME = "show"
 HELP = "print a study's trials as a table, best first"
+
 EXAMPLES = """examples:
   hpo show digits-mlp
   hpo show digits-mlp --csv > trials.csv
@@ -23,7 +25,6 @@ STATE_STYLE = {"complete": "green", "pruned": "yellow", "failed": "red", "runnin
 STATE_NAME = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
               "WAITING": "waiting"}
 STATE_ORDER = {"complete": 0, "pruned": 1, "failed": 2, "interrupted": 3, "running": 4, "waiting": 5}
-INTERRUPTED_ATTR = "hpo.interrupted"  # = hpo.study.INTERRUPTED_ATTR (not imported: that pulls in torch)
 METRIC_ATTR = "hpo.metric"  # = hpo.report.METRIC_ATTR; spares `hpo show` the MLflow import when present
 
 
@@ -65,15 +66,15 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     for t in trials:
         state = trial_state(t)
         value = _num(t.value) if state == "complete" else None
-        duration = t.user_attrs.get("duration_s")
+        duration = t.user_attrs.get(DURATION_ATTR)
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({
             "number": t.number, "state": state, "value": value,
-            "cv_std": _num(t.user_attrs.get("cv_std")) if value is not None else None,
+            "cv_std": _num(t.user_attrs.get(CV_STD_ATTR)) if value is not None else None,
             "epochs": len(t.intermediate_values), "duration_s": _num(duration), "params": dict(t.params),
-            "best": t.number == best, "run_id": t.user_attrs.get("mlflow.run_id"),
-            "reason": t.user_attrs.get("reason") or "",
+            "best": t.number == best, "run_id": t.user_attrs.get(RUN_ID_ATTR),
+            "reason": t.user_attrs.get(REASON_ATTR) or "",
         })
     rows.sort(key=lambda r: (STATE_ORDER.get(r["state"], 9),
                              sign * r["value"] if r["value"] is not None else math.inf, r["number"]))

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from hpo.reporting import EpochSink
-from hpo.trial import FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
+from hpo.crossval import FoldData, run_refit, run_trial
+from hpo.epochs import EpochSink
+from hpo.trial import RefitJob, TrainingSet, TrialResult, TrialSpec
 
 
 def cpu_count() -> int:
@@ -37,11 +38,11 @@ class LocalExecutor:
     that, on a thread pool (torch releases the GIL inside its kernels).
     """
 
-    def __init__(self, fold_data: FoldData, sink: EpochSink, max_concurrency: int = 1,
+    def __init__(self, training: TrainingSet, sink: EpochSink, *, device: str = "cpu", max_concurrency: int = 1,
                  threads_per_trial: int | None = None) -> None:
         import torch
 
-        self.fold_data = fold_data
+        self.fold_data = fold_data = FoldData.build(training, device)
         self.sink = sink
         self.max_concurrency = max_concurrency
         self.where = f"local {fold_data.data.device}"
@@ -75,6 +76,10 @@ class LocalExecutor:
     def stop_trials(self) -> None:
         """Ask running trials to stop after their current epoch."""
         self.sink.stop()
+
+    def tracking_lost(self, wait_s: float = 0.0) -> bool:
+        """Whether the sink gave up on the tracking server (here: the driver's own outbox)."""
+        return self.sink.tracking_lost
 
     def refit(self, job: RefitJob, ds) -> tuple:
         """Run the refit of the best parameters in this process, on the study's device, on every core."""

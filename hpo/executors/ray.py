@@ -4,13 +4,14 @@ Each of ``max_concurrent_trials`` actors holds ``cpus_per_trial`` CPUs and
 ``gpus_per_trial`` GPUs (fractions share a GPU; Ray sets ``CUDA_VISIBLE_DEVICES`` so a
 trial sees only its own). The training data goes into the object store once and each
 actor moves it to its device once, at start; a trial then costs one method call. Epochs
-go to the driver's :class:`~hpo.reporting.EpochSink` actor, which logs to MLflow and asks
+go to the driver's :class:`~hpo.epochs.EpochSink` actor, which logs to MLflow and asks
 Optuna's pruner. A worker killed mid-trial is restarted by Ray and the trial re-run, up
 to ``max_retries`` times; then it is recorded as failed with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import Future
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from hpo.crossval import FoldData, run_refit, run_trial
+from hpo.epochs import EpochSink, SinkConfig
 from hpo.errors import HpoError
-from hpo.reporting import EpochSink
-from hpo.trial import FAILED, FoldData, RefitJob, TrialResult, TrialSpec, run_refit, run_trial
+from hpo.trial import FAILED, RefitJob, TrainingSet, TrialResult, TrialSpec, Verdict
 
 MAX_UNANSWERED_EPOCHS = 256  # epoch reports a worker sends ahead of the sink's answers (no pruner): a bound
 # for a sink that cannot keep up; while the sink actor starts (a second or two) workers train on
@@ -29,8 +31,7 @@ MAX_UNANSWERED_EPOCHS = 256  # epoch reports a worker sends ahead of the sink's 
 class TrialWorker:
     """The body of a Ray actor: the study's data on this worker's device, then trials on demand."""
 
-    def __init__(self, arrays: dict[str, Any], folds: list[tuple[np.ndarray, np.ndarray]], device: str,
-                 sink: Any, threads: int = 1, prunes: bool = True) -> None:
+    def __init__(self, training: TrainingSet, device: str, sink: Any, threads: int = 1, prunes: bool = True) -> None:
         import torch
 
         torch.set_num_threads(threads)
@@ -39,8 +40,8 @@ class TrialWorker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         # object-store arrays are read-only; a private copy keeps torch from sharing them
-        self.fold_data = FoldData.build(np.array(arrays["x"]), np.array(arrays["y"]), arrays["n_classes"], folds,
-                                        device, standardize=arrays.get("standardize", True))
+        training = dataclasses.replace(training, x=np.array(training.x), y=np.array(training.y))
+        self.fold_data = FoldData.build(training, device)
         _warm_up_torch()
         self.sink = sink
         self.prunes = prunes  # without a pruner an epoch needs no answer before the next one starts
@@ -75,7 +76,7 @@ class TrialWorker:
         attempt_ref = self.sink.begin.remote(spec.number, spec.run_id)  # read at the end: the sink may still start
         unanswered: list[Any] = []
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> Verdict:
             ref = self.sink.epoch.remote(spec.number, spec.run_id, epoch, metrics)
             if self.prunes:
                 return ray.get(ref)
@@ -85,7 +86,7 @@ class TrialWorker:
                 ready, unanswered[:] = ray.wait(unanswered, num_returns=behind)
             else:
                 ready, unanswered[:] = ray.wait(unanswered, num_returns=len(unanswered), timeout=0)
-            return any(ray.get(ready))
+            return Verdict.STOP if Verdict.STOP in ray.get(ready) else Verdict.GO
 
         result = run_trial(spec, self.fold_data, on_epoch)
         result.worker = self.where
@@ -134,10 +135,9 @@ def connect(address: str | None, code_dirs: list[str] | tuple[str, ...] = ()) ->
 class RayExecutor:
     """Runs trials on a pool of Ray actors. See the module docstring."""
 
-    def __init__(self, *, x: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]],
-                 sink_args: dict[str, Any], device: str, max_concurrency: int, cpus_per_trial: float,
-                 gpus_per_trial: float, max_retries: int, threads_per_trial: int | None = None,
-                 prunes: bool = True, standardize: bool = True) -> None:
+    def __init__(self, training: TrainingSet, sink: SinkConfig, *, device: str, max_concurrency: int,
+                 cpus_per_trial: float, gpus_per_trial: float, max_retries: int, threads_per_trial: int | None = None,
+                 prunes: bool = True) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -147,26 +147,20 @@ class RayExecutor:
         here = ray.get_runtime_context().get_node_id()
         sink_cls = ray.remote(num_cpus=0)(EpochSinkActor)
         # the sink reaches the driver's stores (a local sqlite file included): keep it on the driver's node
-        self.sink = sink_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
-            **sink_args)
+        self.sink = sink_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(sink)
         # held for the executor's lifetime: a restarted worker re-reads its constructor arguments
-        self._data_ref = data_ref = ray.put({"x": x, "y": y, "n_classes": n_classes, "standardize": standardize})
+        self._data_ref = data_ref = ray.put(training)
         worker_cls = ray.remote(TrialWorker).options(
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
             max_restarts=-1, max_task_retries=max_retries,
         )
         threads = threads_per_trial or max(1, int(cpus_per_trial))
-        self.workers = [worker_cls.remote(data_ref, folds, device, self.sink, threads, prunes)
+        self.workers = [worker_cls.remote(data_ref, device, self.sink, threads, prunes)
                         for _ in range(max_concurrency)]
         self._idle = list(self.workers)
         self._lock = threading.Lock()
+        self._lost, self._lost_ref = False, None
         ray.get([w.pid.remote() for w in self.workers])  # fail here, not mid-study, if workers cannot start
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the workers (for tests and diagnostics)."""
-        import ray
-
-        return ray.get([w.pid.remote() for w in self.workers])
 
     def submit(self, spec: TrialSpec) -> Future[TrialResult]:
         """Run ``spec`` on an idle worker; the future resolves to a result, never raises."""
@@ -198,6 +192,25 @@ class RayExecutor:
         """Ask running trials to stop after their current epoch."""
         self.sink.stop.remote()
 
+    def tracking_lost(self, wait_s: float = 0.0) -> bool:
+        """Whether the sink actor's outbox gave up on the tracking server (it then stops every trial).
+
+        The actor answers in turn with the epochs it is logging: the question stays asked until it
+        answers, waiting at most ``wait_s`` seconds here, so the study loop never blocks on it."""
+        import ray
+
+        if not self._lost:
+            if self._lost_ref is None:
+                self._lost_ref = self.sink.tracking_lost.remote()
+            ready, _ = ray.wait([self._lost_ref], timeout=wait_s)
+            if ready:
+                self._lost_ref = None
+                try:
+                    self._lost = bool(ray.get(ready[0]))
+                except Exception:  # noqa: S110 - the actor is gone with its node; trials end as lost workers
+                    pass
+        return self._lost
+
     def close(self) -> None:
         """Release the actors (the Ray instance itself is the caller's)."""
         import ray
@@ -212,16 +225,16 @@ class RayExecutor:
 
 
 class EpochSinkActor:
-    """:class:`~hpo.reporting.EpochSink` as a Ray actor: it opens its own MLflow client and Optuna study."""
+    """:class:`~hpo.epochs.EpochSink` as a Ray actor: it opens its own MLflow client and Optuna study."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.sink = EpochSink.open(**kwargs)
+    def __init__(self, config: SinkConfig) -> None:
+        self.sink = EpochSink.open(config)
 
     def begin(self, number: int, run_id: str | None = None) -> int:
         """See :meth:`EpochSink.begin`."""
         return self.sink.begin(number, run_id)
 
-    def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> bool:
+    def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> Verdict:
         """See :meth:`EpochSink.epoch`."""
         return self.sink.epoch(number, run_id, epoch, metrics)
 
@@ -233,7 +246,10 @@ class EpochSinkActor:
         """See :meth:`EpochSink.stop`."""
         self.sink.stop()
 
+    def tracking_lost(self) -> bool:
+        """See :attr:`EpochSink.tracking_lost`."""
+        return self.sink.tracking_lost
+
     def flush(self) -> int:
-        """Try once more to send waiting tracking writes; returns how many still wait."""
-        self.sink.outbox.flush(force=True)
-        return self.sink.outbox.pending
+        """See :meth:`EpochSink.flush`."""
+        return self.sink.flush()

@@ -19,7 +19,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
+
+from hpo.trial import Verdict
 
 log = logging.getLogger("hpo")
 
@@ -34,10 +37,24 @@ def has_pruner(study: Any) -> bool:
     return not isinstance(study.pruner, optuna.pruners.NopPruner)
 
 
+@dataclass(frozen=True)
+class SinkConfig:
+    """What a sink needs to open its own connections (inside the Ray actor): small and picklable."""
+
+    tracking_uri: str
+    storage_url: str  # Optuna's storage
+    study_name: str
+    metric: str
+    pruner: str  # search.pruner
+    outage_timeout: float  # tracking.outage_timeout
+    spool: str | None = None  # the study's outbox spool folder
+
+
 class EpochSink:
     """Logs each epoch's metrics to the trial's MLflow run (batched, through the study's
-    :class:`~hpo.outbox.Outbox`) and reports the fold-mean metric to Optuna; answers whether
-    the trial should stop (pruned, the study is stopping, or the tracking server is gone)."""
+    :class:`~hpo.outbox.Outbox`) and reports the fold-mean metric to Optuna; answers each epoch
+    with a :class:`~hpo.trial.Verdict`: go on, prune, or stop (the study is stopping, or the
+    tracking server has been gone too long)."""
 
     def __init__(self, outbox: Any, study: Any, metric: str, flush_s: float = CURVE_FLUSH_S) -> None:
         self.outbox = outbox
@@ -53,22 +70,18 @@ class EpochSink:
         self._stop = False
 
     @classmethod
-    def open(cls, tracking_uri: str, storage_url: str, study_name: str, metric: str, spec: Any,
-             spool: str | None = None) -> EpochSink:
-        """Open its own MLflow client, outbox (spool folder ``spool``) and Optuna study (inside the Ray actor)."""
+    def open(cls, config: SinkConfig) -> EpochSink:
+        """Open its own MLflow client, outbox and Optuna study (inside the Ray actor)."""
         import optuna
-        from mlflow import MlflowClient
 
-        from hpo.outbox import Outbox, apply_http_defaults
-        from hpo.search import make_pruner, open_storage
-        from hpo.sqlite_store import use_wal
+        from hpo.search import open_storage, pruner
+        from hpo.tracking import curve_log
 
-        use_wal(tracking_uri)
-        apply_http_defaults(tracking_uri)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url), pruner=make_pruner(spec))
-        outbox = Outbox(MlflowClient(tracking_uri=tracking_uri), spool, grace_s=spec.tracking.outage_timeout, role="s")
-        return cls(outbox, study, metric)
+        study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage_url),
+                                  pruner=pruner(config.pruner))
+        outbox = curve_log(config.tracking_uri, config.spool, config.outage_timeout)
+        return cls(outbox, study, config.metric)
 
     def _trial(self, number: int):
         import optuna
@@ -96,8 +109,8 @@ class EpochSink:
                 self._sent_at[run_id] = time.monotonic()
         return attempt
 
-    def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> bool:
-        """Record one epoch; True means stop the trial now."""
+    def epoch(self, number: int, run_id: str | None, epoch: int, metrics: dict[str, float]) -> Verdict:
+        """Record one epoch; the answer says whether the trial goes on."""
         if run_id:
             ts, now = int(time.time() * 1000), time.monotonic()
             with self._lock:
@@ -112,7 +125,9 @@ class EpochSink:
         trial = self._trial(number)
         if epoch not in trial._cached_frozen_trial.intermediate_values:  # a retried trial re-reports its epochs
             trial.report(metrics[self.key], epoch)
-        return self._stop or (self.prunes and trial.should_prune())
+        if self._stop:
+            return Verdict.STOP
+        return Verdict.PRUNE if self.prunes and trial.should_prune() else Verdict.GO
 
     def end(self, number: int, run_id: str | None) -> None:
         """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet.
@@ -139,5 +154,15 @@ class EpochSink:
 
     @property
     def stopping(self) -> bool:
-        """Whether :meth:`stop` was called."""
+        """Whether trials are being told to stop (:meth:`stop`, or the tracking server is gone)."""
         return self._stop
+
+    @property
+    def tracking_lost(self) -> bool:
+        """Whether this sink's outbox gave up on the tracking server (its trials are told to stop)."""
+        return self.outbox.gave_up
+
+    def flush(self) -> int:
+        """Try once more to send waiting tracking writes; returns how many still wait."""
+        self.outbox.flush(force=True)
+        return self.outbox.pending

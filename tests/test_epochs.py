@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpo.reporting import EpochSink
+from hpo.epochs import EpochSink
 from hpo.search import open_storage
 from hpo.tracking import Tracker
+from hpo.trial import Verdict
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_curves_wait_for_the_flush_interval_and_all_arrive_at_the_end(parts):
     assert sink.prunes is False
     sink.begin(trial.number, run_id)
     for epoch in range(1, 6):
-        assert sink.epoch(trial.number, run_id, epoch, _metrics(epoch)) is False
+        assert sink.epoch(trial.number, run_id, epoch, _metrics(epoch)) is Verdict.GO
     assert client.get_metric_history(run_id, "val_accuracy") == []  # batched, not sent per epoch
     # Optuna has every epoch at once (its plots and dashboard follow the trial live)
     assert study.trials[0].intermediate_values == {e: pytest.approx(0.1 * e) for e in range(1, 6)}
@@ -63,7 +64,9 @@ def test_the_pruner_is_asked_only_when_the_study_has_one(parts):
     sink, study, trial, run_id = make(optuna.pruners.ThresholdPruner(lower=0.25), flush_s=3600)
     assert sink.prunes is True
     answers = [sink.epoch(trial.number, run_id, e, _metrics(e)) for e in range(1, 4)]
-    assert answers == [True, True, False]  # 0.1 and 0.2 are below the threshold
+    assert answers == [Verdict.PRUNE, Verdict.PRUNE, Verdict.GO]  # 0.1 and 0.2 are below the threshold
     sink.stop()
-    assert sink.epoch(trial.number, run_id, 4, _metrics(4)) is True  # a stopping study stops every trial
+    assert sink.stopping and not sink.tracking_lost
+    # a stopping study stops every trial: STOP (not PRUNE), so the trial ends KILLED and is re-queued
+    assert sink.epoch(trial.number, run_id, 4, _metrics(4)) is Verdict.STOP
     assert study.trials[0].intermediate_values[4] == pytest.approx(0.4)

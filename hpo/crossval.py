@@ -1,0 +1,160 @@
+"""k-fold training of one trial: a :class:`~hpo.trial.TrialSpec` in, a :class:`~hpo.trial.TrialResult` out.
+
+This is the worker side (torch): the study's data on a device with its folds
+(:class:`FoldData`), the k fold models trained in lockstep (:func:`run_trial`), and the refit
+of the best parameters on all training data (:func:`run_refit`). Nothing here imports Optuna,
+MLflow or Ray: the only channel back while a trial runs is its ``on_epoch`` callback, which
+receives each epoch's metrics and answers with a :class:`~hpo.trial.Verdict`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hpo.metrics import compute_metric, is_better
+from hpo.training import Data, Diverged, Learner
+from hpo.trial import (
+    COMPLETE,
+    FAILED,
+    KILLED,
+    PRUNED,
+    EpochCallback,
+    RefitJob,
+    TrainingSet,
+    TrialResult,
+    TrialSpec,
+    Verdict,
+)
+
+
+@dataclass
+class FoldData:
+    """A study's training data on a device, with its cross-validation folds as index tensors."""
+
+    data: Data
+    folds: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def build(cls, training: TrainingSet, device: str) -> FoldData:
+        """Move the training arrays and the fold indices to ``device`` once, for every trial to share."""
+        data = Data.from_arrays(np.asarray(training.x), np.asarray(training.y), training.n_classes, device,
+                                standardize=training.standardize)
+        idx = [(torch.as_tensor(np.asarray(tr).copy()).to(data.device), torch.as_tensor(np.asarray(va).copy()).to(data.device))
+               for tr, va in training.folds]
+        return cls(data, idx)
+
+
+def record_failure(result: TrialResult, exc: BaseException) -> None:
+    """Record an exception inside a trial as its failure: type, message and where it happened."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = None) -> TrialResult:
+    """Train ``spec``'s k fold models in lockstep and score them; never raises.
+
+    After every epoch the fold-mean validation metric goes to ``on_epoch``: ``PRUNE`` stops the
+    trial as pruned, ``STOP`` (the study is stopping) as killed. Patience (early stopping) acts on the same mean. A NaN/inf
+    loss stops the trial at once as failed; any exception is recorded as failed with its
+    message.
+    """
+    start = time.perf_counter()
+    result = TrialResult(number=spec.number, state=COMPLETE)
+    learners: list[Learner] = []
+    epoch = 0
+    try:
+        params = spec.params
+        epochs = int(params["epochs"])
+        patience = int(params["patience"])
+        learners = [
+            Learner(fd.data, tr, spec.model, params, seed=spec.seed * 1_000_003 + spec.number * 101 + k,
+                    direction=spec.direction, epochs=epochs)
+            for k, (tr, _va) in enumerate(fd.folds)
+        ]
+        y_cpu = fd.data.y.cpu().numpy()
+        val_y = [y_cpu[va.cpu().numpy()] for _tr, va in fd.folds]
+        best_mean, since_best = None, 0
+        m = spec.metric
+        for epoch in range(1, epochs + 1):
+            metrics: dict[str, float] = {}
+            values, train_losses, val_losses = [], [], []
+            for k, (learner, (_tr, va)) in enumerate(zip(learners, fd.folds, strict=True)):
+                try:
+                    train_loss = learner.train_epoch()
+                except Diverged as exc:
+                    raise Diverged(f"{exc} at epoch {epoch} (fold {k}); lower lr or set grad_clip") from None
+                out, val_loss = learner.predict(fd.data, va)
+                value = compute_metric(m, val_y[k], out, fd.data.n_classes)
+                learner.end_epoch(epoch, value, val_loss)
+                metrics[f"fold{k}/val_{m}"] = value
+                metrics[f"fold{k}/train_loss"] = train_loss
+                values.append(value)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+            mean = float(np.mean(values))
+            metrics[f"val_{m}"] = mean
+            metrics["train_loss"] = float(np.mean(train_losses))
+            metrics["val_loss"] = float(np.mean(val_losses))
+            result.epochs_trained = epoch
+            if not math.isfinite(mean):
+                raise Diverged(f"validation {m} became {mean} at epoch {epoch}")
+            verdict = Verdict.GO if on_epoch is None else on_epoch(epoch, metrics)
+            if verdict is Verdict.PRUNE:
+                result.state = PRUNED
+                result.reason = f"pruned after epoch {epoch} ({m} {mean:.4g})"
+                break
+            if verdict is Verdict.STOP:
+                result.state, result.reason = KILLED, f"stopped by the study after epoch {epoch}"
+                break
+            if is_better(mean, best_mean, spec.direction):
+                best_mean, since_best = mean, 0
+            else:
+                since_best += 1
+                if patience and since_best >= patience:
+                    break
+    except Diverged as exc:
+        result.state, result.reason = FAILED, str(exc)
+    except torch.OutOfMemoryError:
+        result.state = FAILED
+        result.reason = (f"CUDA out of memory at batch_size {spec.params.get('batch_size')}; "
+                         "lower the batch_size choices or run fewer trials per GPU")
+    except RuntimeError as exc:
+        if "DefaultCPUAllocator" in str(exc):  # the CPU allocator's out-of-memory
+            result.state = FAILED
+            result.reason = (f"out of memory (CPU) at batch_size {spec.params.get('batch_size')}, width "
+                             f"{spec.params.get('width')}: {str(exc).split('DefaultCPUAllocator: ')[-1][:200]}; "
+                             "lower batch_size/width or run fewer concurrent trials")
+        else:
+            record_failure(result, exc)
+    except Exception as exc:  # a trial's failure is data, never fatal to the study
+        record_failure(result, exc)
+    if learners and all(lr.best_state is not None for lr in learners):
+        result.fold_values = [float(lr.best_value) for lr in learners]
+        result.fold_best_epochs = [lr.best_epoch for lr in learners]
+        result.value = float(np.mean(result.fold_values))
+        result.checkpoint = {"folds": [lr.best_state for lr in learners],
+                             "best_epochs": result.fold_best_epochs}
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+def run_refit(job: RefitJob, data: Data, x_test: np.ndarray, y_test: np.ndarray) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Train ``job`` on all of ``data`` (the training split, on its device); returns the CPU model
+    (eval mode) and its metrics on the test split."""
+    from hpo.training import evaluate
+
+    learner = Learner(data, torch.arange(len(data.x), device=data.device), job.model, job.params, seed=job.seed,
+                      direction=job.direction, epochs=job.epochs)
+    for _ in range(job.epochs):
+        learner.step_schedule(learner.train_epoch())
+    test = Data.from_arrays(x_test, y_test, data.n_classes, data.device)
+    metrics = evaluate(learner, test, job.metrics)
+    model = learner.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
+    return model, metrics
