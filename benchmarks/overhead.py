@@ -15,7 +15,7 @@ The reference study (SPEC below): digits, MLP, 3 folds, 20 epochs, 16 TPE trials
     executor), each training whole trials.
 
 Runs are interleaved per repeat: hpo c1, floor c1, hpo c2, floor c2. hpo's wall time is also
-broken into phases by wrapping StudyRunner methods from outside (nothing in hpo is edited).
+broken into phases by wrapping StudyRunner and SearchLoop methods from outside (nothing in hpo is edited).
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False)
 
     import hpo.data
     import hpo.executors.local as local
+    import hpo.loop as hl
     import hpo.refit
     import hpo.study as hs
     import hpo.tracking as ht
@@ -119,8 +120,10 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False)
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t:
         uri = f"sqlite:///{tmp}/mlflow.db"
         spec = make_spec(epochs, n_trials, concurrency, uri, factory_dir=tmp if factory else None)
-        for attr in ("_prepare", "_search", "_launch", "_finish"):
+        for attr in ("_prepare", "_search"):
             t.wrap(hs.StudyRunner, attr)
+        for attr in ("_launch", "_finish"):
+            t.wrap(hl.SearchLoop, attr)
         t.wrap(hs.StudyRunner, "_finale", "_refit")  # refit + logging + report (hpo.refit)
         t.wrap(hpo.refit, "log_model", "_log_model")
         t.wrap(hpo.refit, "write_study_report", "_report")
@@ -129,7 +132,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False)
         t.wrap(ht.Tracker, "start_study", "mlflow_parent_run")
         t.wrap(optuna, "create_study", "optuna_create_study")
         t.wrap(optuna, "get_all_study_summaries", "optuna_list_studies")
-        t.wrap(hs, "_lineage", "lineage_git")
+        t.wrap(ht, "lineage_tags", "lineage_git")
         t.wrap(local, "run_trial", "trial_run")
         t.wrap(EpochSink, "epoch", "epoch_sink")
         t.wrap(EpochSink, "end", "epoch_sink")  # the trial's last curve batch
@@ -363,7 +366,7 @@ def render(r: dict[str, Any]) -> str:
                        f"{v['floor_best_cv']['median']:.4f} / {v['floor_test']['median']:.4f}"]
                       for k, v in s.items()]), "",
              "Where hpo's wall time goes (median seconds over repeats; phases timed by wrapping "
-             "`StudyRunner._prepare/_search/_refit/_log_model/_launch/_finish` and a few functions from "
+             "`StudyRunner._prepare/_search/_refit`, `SearchLoop._launch/_finish`, `_log_model` and a few functions from "
              "outside; indented rows are parts of `search`; at concurrency 2 the trial rows are sums over "
              "two threads, so they exceed the search wall):", ""]
     keys = list(next(iter(s.values()))["hpo_phases_median_s"])

@@ -5,7 +5,7 @@
 A study of a cheap objective (iris, MLP, 2 folds, 2 epochs) with full tracking, one trial at a
 time, once with TPE and once with random sampling. Per trial:
 
-- wall: from one ``StudyRunner._launch`` to the next (the whole ask -> train -> tell cycle);
+- wall: from one ``SearchLoop._launch`` to the next (the whole ask -> train -> tell cycle);
 - training: ``run_trial``'s own wall time minus the epoch sink calls inside it
   (MLflow ``log_batch`` + Optuna ``report``/``should_prune``), which are service time;
 - overhead = wall - training, broken into Optuna ask, MLflow child run start, epoch sink,
@@ -87,7 +87,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
 
     import hpo
     import hpo.executors.local as local
-    import hpo.study as hs
+    import hpo.loop as hl
     import hpo.tracking as ht
     from hpo.epochs import EpochSink
     from hpo.spec import parse_spec
@@ -95,29 +95,29 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t, SqliteProbe() as probe:
         uri = f"sqlite:///{tmp}/mlflow.db"
         spec = parse_spec(SPEC.replace("SAMPLER", sampler).replace("NTRIALS", str(n_trials)))
-        for owner, attr, name in ((hs.StudyRunner, "_launch", "launch"), (hs.StudyRunner, "_finish", "finish"),
+        for owner, attr, name in ((hl.SearchLoop, "_launch", "launch"), (hl.SearchLoop, "_finish", "finish"),
                                   (local, "run_trial", "run_trial"), (EpochSink, "epoch", "sink"),
                                   (EpochSink, "end", "sink_end"),
                                   (optuna.Study, "ask", "ask"), (optuna.Study, "tell", "tell"),
                                   (ht.Tracker, "start_trial", "start_trial"), (ht.Tracker, "end_trial", "end_trial"),
-                                  (hs.StudyRunner, "_keep_checkpoint", "checkpoint")):
+                                  (hl.SearchLoop, "_keep_checkpoint", "checkpoint")):
             t.wrap(owner, attr, name, keep_calls=True)
         samples: list[tuple[float, float, int, int]] = []  # (time, rss MB, mlflow.db bytes, optuna.db bytes)
         db_m, db_o = Path(tmp) / "mlflow.db", Path(tmp) / "optuna.db"
-        original_finish = hs.StudyRunner._finish
+        original_finish = hl.SearchLoop._finish
 
         def finish_and_sample(self, *a, **k):
             out = original_finish(self, *a, **k)
             samples.append((time.perf_counter(), _rss_mb(), db_m.stat().st_size, db_o.stat().st_size))
             return out
 
-        hs.StudyRunner._finish = finish_and_sample
+        hl.SearchLoop._finish = finish_and_sample
         try:
             t0 = time.perf_counter()
             result = hpo.run(spec, tracking_uri=uri)
             wall = time.perf_counter() - t0
         finally:
-            hs.StudyRunner._finish = original_finish
+            hl.SearchLoop._finish = original_finish
         sizes = {"mlflow.db": db_m.stat().st_size, "optuna.db": db_o.stat().st_size,
                  "artifacts": sum(p.stat().st_size for p in (Path(tmp) / "artifacts").rglob("*") if p.is_file())}
     calls = t.calls

@@ -35,6 +35,43 @@ class Refit:
     params: dict[str, Any]
 
 
+def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, parent_id: str,
+           interrupts: Any) -> tuple[str | None, dict[str, float]]:
+    """After the search: refit the best trial, log its model and the trials table (unless this study
+    already did, for the same finished trials), then the report; returns (model URI, test metrics).
+
+    Each step enters its phase of ``interrupts`` (a Ctrl-C stops a refit at once, waits for logging,
+    stops the report before its next plot); what is done is recorded on the study for ``--resume``."""
+    from hpo.resume import REFIT_ATTR, REPORT_ATTR, finished_record
+    from hpo.search import counts, finished_count
+
+    done = finished_count(study)
+    rec = finished_record(study.user_attrs, done)
+    model = None
+    if rec is None:
+        interrupts.enter("refit")
+        best = refit_best(study, spec, dataset, executor)
+        interrupts.enter("log")
+        model_uri, test_metrics = None, {}
+        if best is not None:
+            model, test_metrics = best.model, best.test_metrics
+            model_uri = log_refit(best, tracker=tracker, parent_id=parent_id, spec=spec, dataset=dataset,
+                                  counts=counts(study))
+        log_trials_table(study, tracker, parent_id)
+        study.set_user_attr(REFIT_ATTR, {"finished": done, "model_uri": model_uri, "test_metrics": test_metrics,
+                                         "best_trial": None if best is None else best.best.number})
+    else:  # stopped during the report last time: the model is registered already
+        model_uri, test_metrics = rec.get("model_uri"), rec.get("test_metrics", {})
+    if spec.tracking.report and study.user_attrs.get(REPORT_ATTR) != done:
+        interrupts.enter("report")
+        if model is None and model_uri is not None:
+            model = stored_model(tracker, parent_id, spec.tracking.uri)
+        write_study_report(study, tracker, parent_id, spec, dataset, model, stop=interrupts.check)
+    interrupts.enter("log")
+    study.set_user_attr(REPORT_ATTR, done)
+    return model_uri, test_metrics
+
+
 def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | None:
     """Train the best trial's parameters on the whole training split for the mean best epoch of its
     folds, where trials run, and test once; ``None`` when no trial completed."""
@@ -60,7 +97,6 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
     """Checkpoint, logged and registered model, and the summary (metrics, ``best_*`` params,
     ``hpo.best.*`` tags) on the parent run; returns the model URI."""
     from hpo.checkpoint import save_checkpoint
-    from hpo.tracking import CHECKPOINT_DIR
 
     ds, best = dataset, refit.best
     with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:  # the outbox keeps its own copy while offline
@@ -69,7 +105,7 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
                                state=refit.model.state_dict(),
                                extra={"trial": best.number, "test_metrics": refit.test_metrics, "spec": spec.raw,
                                       "seed": spec.search.seed})
-        tracker.log_file(parent_id, ckpt, CHECKPOINT_DIR)
+        tracker.log_checkpoint(parent_id, ckpt)
     model_uri = log_model(refit.model, ds, uri=spec.tracking.uri, parent_id=parent_id, name=spec.name,
                           factory=spec.model if spec.is_factory_model else None)
 
@@ -159,7 +195,7 @@ def stored_model(tracker: Any, parent_id: str, uri: str) -> Any:
     from hpo.checkpoint import load_model
 
     try:
-        return load_model(tracker.out.real_id(parent_id), tracking_uri=uri)
+        return load_model(tracker.real_id(parent_id), tracking_uri=uri)
     except Exception as exc:
         log.warning("could not reload the refit model for the report: %s", exc)
         return None

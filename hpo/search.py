@@ -1,12 +1,27 @@
-"""Optuna's side of a study, built from the spec: sampler, pruner and storage.
+"""Optuna's side of a study: sampler, pruner and storage from the spec; the study opened (or
+resumed) in its storage, interrupted trials re-queued, results told, trials counted.
 
 No torch here: the Ray epoch-sink actor opens the study with these and should start fast.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from hpo import space
 from hpo.spec import Spec
+from hpo.trial import (
+    COMPLETE,
+    CV_STD_ATTR,
+    DURATION_ATTR,
+    FOLD_EPOCHS_ATTR,
+    FOLD_VALUES_ATTR,
+    INTERRUPTED_ATTR,
+    KILLED,
+    PRUNED,
+    REASON_ATTR,
+    TrialResult,
+)
 
 
 def make_sampler(spec: Spec, concurrency: int):
@@ -111,3 +126,101 @@ def open_storage(url: str):
         # a second process on the same file waits for the lock instead of failing at once
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     return optuna.storages.RDBStorage(url)
+
+
+# ---------------------------------------------------------------------- the study in its storage
+
+REQUEUED_ATTR = "hpo.requeued"  # study attr: numbers of the interrupted trials already re-queued
+PARENT_RUN_ATTR = "mlflow.parent_run_id"  # study attr: the study's MLflow parent run
+
+
+def open_study(spec: Spec, storage: Any, storage_url: str, *, resume: bool, concurrency: int):
+    """Create the Optuna study of ``spec`` in ``storage``, or with ``resume`` load it (checked against the spec).
+
+    Refuses (:class:`~hpo.errors.StudyExistsError`) a study that already has trials or a parent run
+    unless ``resume``; records the resume key, the spec hash and the metric on the study."""
+    import optuna
+
+    from hpo.errors import StudyExistsError
+    from hpo.redact import redact
+    from hpo.resume import KEY_ATTR, METRIC_ATTR, check_resume, resume_key
+
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    summary = existing.get(spec.name)
+    if summary is not None and not resume and (summary.n_trials > 0 or PARENT_RUN_ATTR in summary.user_attrs):
+        raise StudyExistsError(
+            f"study {spec.name!r} already exists in {redact(storage_url)} ({summary.n_trials} trials). "
+            f"Continue it with: hpo run {spec.path or 'SPEC'} --resume (add --n-trials N to raise the "
+            "budget; two processes with --resume share the work), or give the spec another name"
+        )
+    if summary is not None:  # resuming: the spec must still describe this study
+        check_resume(spec, summary.user_attrs, summary.direction.name.lower())
+    study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                sampler=make_sampler(spec, concurrency), pruner=make_pruner(spec), load_if_exists=True)
+    if KEY_ATTR not in study.user_attrs:
+        study.set_user_attr(KEY_ATTR, resume_key(spec))
+    study.set_user_attr("hpo.spec_hash", spec.spec_hash)
+    study.set_user_attr(METRIC_ATTR, spec.metric)
+    return study
+
+
+def requeue_interrupted(study: Any) -> list[Any]:
+    """On resume: fail the trials a dead driver left RUNNING (as interrupted), and enqueue the
+    parameters of every interrupted trial once; returns the trials re-queued now."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    requeued = set(study.user_attrs.get(REQUEUED_ATTR, []))
+    now = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in requeued:
+            study.enqueue_trial(t.params, skip_if_exists=False)
+            requeued.add(t.number)
+            now.append(t)
+    study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
+    return now
+
+
+def tell(study: Any, trial: Any, result: TrialResult) -> None:
+    """Tell Optuna how ``trial`` ended, with its result's attributes; a KILLED trial is an
+    interrupted FAIL (re-queued on resume), not a final one."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr(DURATION_ATTR, round(result.duration_s, 3))
+    if result.fold_values:
+        trial.set_user_attr(FOLD_VALUES_ATTR, result.fold_values)
+        trial.set_user_attr(FOLD_EPOCHS_ATTR, result.fold_best_epochs)
+        trial.set_user_attr(CV_STD_ATTR, result.std)
+    if result.reason:
+        trial.set_user_attr(REASON_ATTR, result.reason)
+    if result.state == COMPLETE:
+        study.tell(trial, result.value)
+    elif result.state == PRUNED:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        if result.state == KILLED:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trials by how they ended: complete, pruned, failed (interrupted ones are not failures: they re-run)."""
+    from optuna.trial import TrialState
+
+    n = {"complete": 0, "pruned": 0, "failed": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            n["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            n["pruned"] += 1
+        elif t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR):
+            n["failed"] += 1
+    return n
+
+
+def finished_count(study: Any) -> int:
+    """Trials that count against the budget: complete, pruned and failed (not interrupted) ones."""
+    return sum(counts(study).values())

@@ -7,11 +7,10 @@ curves go out in batches through the epoch sink (:mod:`hpo.epochs`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import tempfile
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,53 @@ PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under i
 CHECKPOINT_DIR = "checkpoint"
 BEST_TAG = "best"  # on the one trial run with the best value so far
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+
+
+def lineage_tags(spec: Any) -> dict[str, str]:
+    """The parent run's lineage tags: spec hash, seed, versions, the user's code hashes, the git commit."""
+    import mlflow
+    import optuna
+    import torch
+
+    import hpo
+    from hpo.usercode import load_target, source_hash
+
+    tags = {
+        "hpo.spec_hash": spec.spec_hash,
+        "hpo.seed": str(spec.search.seed),
+        "hpo.version": hpo.__version__,
+        "torch.version": torch.__version__,
+        "optuna.version": optuna.__version__,
+        "mlflow.version": mlflow.__version__,
+    }
+    for tag, target, group in (("hpo.code_hash", spec.model if spec.is_factory_model else None, "hpo.models"),
+                               ("hpo.data_code_hash", spec.data.factory, "hpo.data")):
+        if target:  # the user's code is part of what the study measured
+            tags[tag] = source_hash(load_target(target, spec_path=spec.path, group=group)) or "no source file"
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["hpo.git_commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def study_settings(spec: Any) -> dict[str, Any]:
+    """The parent run's params: what the study was run with."""
+    return {
+        "dataset": spec.data.label, "model": spec.model, "sampler": spec.search.sampler,
+        "n_trials": spec.n_trials, "seed": spec.search.seed, "metric": spec.metric,
+        "direction": spec.direction, "pruner": spec.search.pruner, "folds": spec.cv.folds,
+        "test_size": spec.data.test_size, "executor": spec.execution.executor,
+        "max_concurrent_trials": spec.execution.max_concurrent_trials,
+    }
 
 
 def optuna_storage_for(tracking_uri: str) -> str:
@@ -79,6 +125,81 @@ class Tracker:
         self.spool = spool_dir(uri, study)
         kw = {} if outage_timeout is None else {"grace_s": outage_timeout}
         self.out = Outbox(self.client, self.spool, **kw)  # every write goes through it
+
+    # ------------------------------------------------------------------ health: writes that wait out an outage
+
+    def real_id(self, run_id: str | None) -> str | None:
+        """The server's id of a run created while it was away (else ``run_id`` itself)."""
+        return self.out.real_id(run_id)
+
+    def retry(self) -> None:
+        """Retry writes waiting for the server (at most every few seconds)."""
+        self.out.flush()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for waiting writes to go out; True when none waits."""
+        return self.out.drain(timeout)
+
+    @property
+    def gave_up(self) -> bool:
+        """The server has been away longer than ``tracking.outage_timeout``: the study stops."""
+        return self.out.gave_up
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting in the spool."""
+        return self.out.pending
+
+    @property
+    def grace_s(self) -> float:
+        """How long the server may be away before the study stops (``tracking.outage_timeout``)."""
+        return self.out.grace_s
+
+    @property
+    def last_error(self) -> str:
+        """The last error a write met."""
+        return self.out.last_error
+
+    def grace_left(self) -> float:
+        """Seconds left of the outage grace period (0 while the server answers)."""
+        if self.out.down_since is None:
+            return 0.0
+        return max(0.0, self.out.grace_s - (time.monotonic() - self.out.down_since))
+
+    def went_down(self, exc: BaseException) -> None:
+        """A direct call (model logging, the report) met an outage: count it as one."""
+        self.out.went_down(exc)
+
+    def sync_spool(self) -> None:
+        """Send tracking writes an earlier run of this study left waiting (``hpo sync`` does the same).
+
+        Only into the store they were made for: a spool that records another URI than this study's
+        stops the run (exit 2, both named); writes the store refused stop it too (exit 1, see
+        :class:`hpo.spool.SyncError`)."""
+        from hpo.outbox import read_ids, sync
+        from hpo.spool import failed_writes, resolve_target, waiting
+
+        spool, uri, name = self.spool, self.uri, self.study
+        if not waiting(spool) and not failed_writes(spool):
+            return
+        resolve_target(spool, uri, given_as="this study's tracking URI (tracking.uri or --tracking-uri)",
+                       command=f"hpo sync {name}")
+        sent, left = sync(self.client, spool)
+        if left:
+            raise TrackingError(f"{left} tracking writes of an earlier run of {name!r} wait in {spool} and "
+                                f"{redact(uri)} does not take them yet; retry when it answers "
+                                f"(hpo sync {name} --tracking-uri '{redact(uri)}')")
+        log.warning("sent %d tracking writes an earlier run left waiting in %s", sent, spool)
+        self.out.ids.update(read_ids(spool))
+
+    def settle(self) -> tuple[int, str | None]:
+        """Last try to send waiting writes, for what is left of the grace period; returns (writes still
+        waiting, the message about writes the store refused — this process's and the Ray sink's — or None)."""
+        from hpo.spool import failed_message, failed_writes
+
+        self.out.drain(self.grace_left())  # what is left of the grace period; one last try once it is over
+        failed = failed_writes(self.spool)
+        return self.out.pending, (failed_message(failed, self.spool, self.uri) if failed else None)
 
     # ------------------------------------------------------------------ study (parent run)
 
@@ -151,17 +272,22 @@ class Tracker:
         """Upload one local file into ``artifact_dir`` of ``run_id``."""
         self.out.log_artifact(run_id, local, artifact_dir)
 
-    def log_json(self, run_id: str, obj: Any, name: str) -> None:
-        """Write ``obj`` as a JSON artifact ``name``."""
-        self.out.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
-
     def delete_artifacts(self, run_id: str, path: str) -> None:
         """Remove ``path`` from a run's artifacts (used to drop checkpoints that left the top k)."""
         self.out.delete_artifacts(run_id, path)
 
-    def download(self, run_id: str, path: str, dst: str) -> str:
-        """Download artifact ``path`` of ``run_id`` into ``dst``; returns the local path."""
-        return self.client.download_artifacts(run_id, path, dst)
+    def log_checkpoint(self, run_id: str, local: Path) -> None:
+        """Upload a checkpoint file into the run's ``checkpoint/`` folder."""
+        self.out.log_artifact(run_id, local, CHECKPOINT_DIR)
+
+    def drop_checkpoint(self, run_id: str) -> None:
+        """Delete a run's ``checkpoint/`` folder (its trial left the top k)."""
+        self.out.delete_artifacts(run_id, CHECKPOINT_DIR)
+
+    def kill_run(self, run_id: str) -> None:
+        """Close an interrupted trial's run: KILLED, ``hpo.state`` killed (it re-runs on resume)."""
+        self.out.set_terminated(run_id, status="KILLED")
+        self.out.set_tag(run_id, "hpo.state", "killed")
 
     def log_summary(self, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str]) -> None:
         """Study-level results on the parent run."""
@@ -261,11 +387,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if resp.status_code != 200:
         raise TrackingError(f"the tracking server {shown} is not reachable (HTTP {resp.status_code} from /health); "
                             "check that it is an MLflow tracking server, or pass another --tracking-uri")
-
-
-def temp_dir() -> str:
-    """A private temporary directory for artifacts on their way to MLflow."""
-    return tempfile.mkdtemp(prefix="hpo-")
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

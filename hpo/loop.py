@@ -1,0 +1,265 @@
+"""The search loop: Optuna asks, the executor trains, Optuna is told; until the study should stop.
+
+ask -> suggest -> the trial's MLflow run -> :class:`~hpo.trial.TrialSpec` -> executor ->
+:class:`~hpo.trial.TrialResult` -> tell by state + end of the run + top-k checkpoint + ``best`` tag.
+
+Every reason to stop is kept in one place, :class:`Stops`: a signal or a lost tracking server
+(running trials are told to stop after their epoch and come back KILLED: re-queued on
+``--resume``), too many failures, the timeout, the budget (no new trials; running ones finish).
+The first reason is kept for the messages. The loop knows the executor, the tracker and the
+Optuna study only through their small surfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from typing import Any
+
+from hpo import space
+from hpo.metrics import is_better
+from hpo.redact import redact
+from hpo.search import tell
+from hpo.trial import COMPLETE, FAILED, INTERRUPTED_ATTR, KILLED, RUN_ID_ATTR, TrialResult, TrialSpec
+
+log = logging.getLogger("hpo")
+
+SIGNAL, TRACKING, FAILURES, TIMEOUT = "signal", "tracking", "failures", "timeout"
+HALTING = (SIGNAL, TRACKING)  # reasons that also stop the running trials
+WHY = {SIGNAL: "SIGINT/SIGTERM", TRACKING: "the tracking server was unreachable"}  # in a stopped trial's reason
+
+
+class Stops:
+    """Why the study takes no new trials: every reason, the first one kept (``first``)."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def add(self, reason: str) -> bool:
+        """Record ``reason``; True when it is new (say it once)."""
+        if reason in self.reasons:
+            return False
+        self.reasons.append(reason)
+        return True
+
+    @property
+    def first(self) -> str | None:
+        """The reason the study stopped for (the first recorded)."""
+        return self.reasons[0] if self.reasons else None
+
+    @property
+    def halting(self) -> str | None:
+        """The first reason that stops running trials too (signal, tracking lost), if any."""
+        return next((r for r in self.reasons if r in HALTING), None)
+
+    def __contains__(self, reason: str) -> bool:
+        return reason in self.reasons
+
+
+class TopK:
+    """The ``keep`` best complete trials, so their checkpoints can be kept and the rest deleted."""
+
+    def __init__(self, keep: int, direction: str) -> None:
+        self.keep, self.sign = keep, (-1.0 if direction == "maximize" else 1.0)
+        self.entries: list[tuple[float, int, str]] = []  # (sort key, number, run_id)
+
+    def offer(self, value: float, number: int, run_id: str) -> tuple[bool, list[str]]:
+        """Add a trial; returns (kept, run ids that dropped out)."""
+        if self.keep <= 0 or not math.isfinite(value):
+            return False, []
+        self.entries.append((self.sign * value, number, run_id))
+        self.entries.sort()
+        dropped = [e[2] for e in self.entries[self.keep:]]
+        self.entries = self.entries[: self.keep]
+        kept = any(e[1] == number for e in self.entries)
+        return kept, [r for r in dropped if r != run_id]
+
+
+class SearchLoop:
+    """Runs trials of ``study`` on ``executor`` until ``target`` are finished or a :class:`Stops` reason.
+
+    ``dataset``: the study's data (its shapes go into kept checkpoints); ``interrupts``: the
+    study's :class:`~hpo.interrupts.Interrupts` (trial bookkeeping is never cut in half);
+    ``progress``: the live display, or None.
+    """
+
+    def __init__(self, spec: Any, study: Any, tracker: Any, executor: Any, dataset: Any, *,
+                 interrupts: Any, progress: Any = None, started: float | None = None) -> None:
+        self.spec, self.study, self.tracker, self.executor, self.dataset = spec, study, tracker, executor, dataset
+        self.interrupts, self.progress = interrupts, progress
+        self.started = time.perf_counter() if started is None else started
+        self.stops = Stops()
+        self.results: list[TrialResult] = []
+        self.pending: dict[Future, tuple[Any, str, dict[str, Any]]] = {}  # trials in flight
+        self.launching: tuple[Any, str | None, dict[str, Any] | None] | None = None
+        self.topk = TopK(spec.tracking.keep_checkpoints, spec.direction)
+        self.best_run: str | None = None
+        self.best_value: float | None = None
+
+    # ------------------------------------------------------------------ state carried over on resume
+
+    def know_complete(self, trials: list[Any]) -> None:
+        """Take the stored complete trials into the top k and the best (a resumed study)."""
+        for t in trials:
+            run_id = self.tracker.real_id(t.user_attrs.get(RUN_ID_ATTR))
+            if run_id and t.value is not None:
+                self.topk.offer(t.value, t.number, run_id)
+                if is_better(t.value, self.best_value, self.spec.direction):
+                    self.best_value, self.best_run = t.value, run_id
+        if self.best_run is not None:  # a crash between tell and the tag move left it elsewhere, or nowhere
+            self.tracker.repair_best(self.best_run)
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, reason: str) -> None:
+        """Stop for ``reason``: no new trials; for a signal or lost tracking running trials stop too."""
+        if not self.stops.add(reason):
+            return
+        if reason in HALTING:
+            self.executor.stop_trials()
+        if self.progress is None:
+            return
+        if reason == SIGNAL:
+            self.progress.message("stopping: no new trials; running ones stop after their epoch "
+                                  "(press Ctrl-C again to stop now)")
+        elif reason == TRACKING:
+            self.progress.message(f"the tracking server {redact(self.spec.tracking.uri)} has not answered for "
+                                  f"{self.tracker.grace_s:.0f}s ({self.tracker.last_error}): stopping; "
+                                  "running trials stop after their epoch")
+        elif reason == FAILURES:
+            failed = sum(r.state == FAILED for r in self.results)
+            self.progress.message(f"{failed} trials failed (search.max_failures = {self.spec.search.max_failures}): "
+                                  "no new trials")
+
+    @property
+    def tracking_lost(self) -> bool:
+        """Whether the study stopped because the tracking server was gone too long."""
+        return TRACKING in self.stops
+
+    def _may_launch(self, launched: int, remaining: int) -> bool:
+        if self.stops.halting or launched >= remaining or len(self.pending) >= self.executor.max_concurrency:
+            return False
+        limit = self.spec.search.max_failures
+        if limit is not None and sum(r.state == FAILED for r in self.results) >= limit:
+            self.stop(FAILURES)
+            return False
+        timeout = self.spec.search.timeout
+        if timeout is not None and time.perf_counter() >= self.started + timeout:
+            self.stop(TIMEOUT)
+            return False
+        return True
+
+    def check_tracking(self) -> None:
+        """Retry waiting tracking writes; stop the study when the server has been gone too long
+        (the driver's writes, or the epoch sink's: on Ray the sink actor's own)."""
+        self.tracker.retry()
+        if self.stops.halting is None and (self.tracker.gave_up or self.executor.tracking_lost()):
+            self.stop(TRACKING)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, target: int, done_before: int) -> None:
+        """Launch and finish trials until ``target`` finished trials (``done_before`` already are)."""
+        remaining = max(0, target - done_before)
+        if self.progress is not None:
+            self.progress.start(self.spec, total=target, done=done_before)
+        launched = 0
+        try:
+            while True:
+                while self._may_launch(launched, remaining):
+                    fut = self._launch()
+                    launched += 1
+                    if fut.done():
+                        break
+                if not self.pending:
+                    break
+                finished, _ = wait(list(self.pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    with self.interrupts.held():
+                        trial, run_id, params = self.pending[fut]
+                        self._finish(fut.result(), trial, run_id, params)
+                        del self.pending[fut]
+                self.check_tracking()
+        finally:
+            if self.progress is not None:
+                self.progress.stop()
+
+    def _launch(self) -> Future:
+        """Ask Optuna for a trial, open its run, hand it to the executor; the trial is in ``pending``
+        (or, while the executor runs it inline, in ``launching``) until it is told."""
+        spec = self.spec
+        with self.interrupts.held():
+            trial = self.study.ask()
+            self.launching = (trial, None, None)
+            sampled = space.suggest(trial, spec)
+            params = space.resolve(spec, sampled)
+            run_id = self.tracker.start_trial(trial.number, params, sampled)
+            self.launching = (trial, run_id, params)
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+        ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
+                       direction=spec.direction, seed=spec.search.seed, run_id=run_id)
+        fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
+        with self.interrupts.held():
+            self.pending[fut] = self.launching
+            self.launching = None
+        return fut
+
+    def _finish(self, result: TrialResult, trial: Any, run_id: str, params: dict[str, Any]) -> None:
+        if result.state == KILLED:  # the epoch sink stopped it: say why the study stopped
+            if self.stops.halting is None and self.executor.tracking_lost(wait_s=10.0):
+                self.stop(TRACKING)
+            result.reason = f"interrupted ({WHY[self.stops.halting or SIGNAL]}); re-queued on --resume"
+        tell(self.study, trial, result)
+        self.tracker.end_trial(run_id, result, self.spec.metric)
+        if result.state == COMPLETE and result.value is not None:
+            self._keep_checkpoint(result, run_id, params)
+            if is_better(result.value, self.best_value, self.spec.direction):
+                self.tracker.move_best(self.best_run, run_id)
+                self.best_value, self.best_run = result.value, run_id
+        result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
+        self.results.append(result)
+        if self.progress is not None:
+            self.progress.trial_done(result, self.best_value)
+
+    def _keep_checkpoint(self, result: TrialResult, run_id: str, params: dict[str, Any]) -> None:
+        import tempfile
+
+        from hpo.checkpoint import save_checkpoint
+
+        kept, dropped = self.topk.offer(result.value, result.number, run_id)
+        if kept and result.checkpoint is not None:
+            ds = self.dataset
+            with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:  # the outbox keeps its own copy while offline
+                path = save_checkpoint(Path(tmp) / "trial.pt", model=self.spec.model, params=params,
+                                       input_shape=ds.input_shape, n_outputs=ds.n_classes or 1,
+                                       regression=ds.n_classes == 0, folds=result.checkpoint["folds"],
+                                       extra={"best_epochs": result.fold_best_epochs, "trial": result.number})
+                self.tracker.log_checkpoint(run_id, path)
+        for old in dropped:
+            try:
+                self.tracker.drop_checkpoint(old)
+            except Exception as exc:  # a checkpoint we cannot delete costs disk, not correctness
+                log.warning("could not delete the checkpoint of run %s: %s", old, exc)
+
+    def abandon(self) -> None:
+        """Record trials still open (in flight, or being launched) as interrupted so a resume re-queues them."""
+        from optuna.trial import TrialState
+
+        open_trials = list(self.pending.values())
+        if self.launching is not None:
+            open_trials.append(self.launching)
+        self.pending, self.launching = {}, None
+        for trial, run_id, _ in open_trials:
+            try:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+            except Exception as exc:  # keep going: the rest must still be closed
+                log.warning("could not close trial %s: %s", trial.number, exc)
+            if run_id is not None:
+                try:
+                    self.tracker.kill_run(run_id)
+                except Exception as exc:
+                    log.warning("could not close the run of trial %s: %s", trial.number, exc)
