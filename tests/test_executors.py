@@ -7,7 +7,9 @@ The study only asks, submits, waits and tells; whatever runs its trials must the
 2. resolve a failing trial to a FAILED result with the reason: the future never raises;
 3. hand the trial's epochs 1..n to the epoch sink in order, and its end before the result
    (Optuna holds each epoch's value, the MLflow child run the whole curve);
-4. on ``stop_trials()``, end running trials KILLED after their current epoch;
+4. on ``stop_trials()``, end running trials KILLED after the epoch the stop reaches them in,
+   their curves ending there (locally the current epoch; on Ray without a pruner a worker
+   runs up to ``MAX_UNANSWERED_EPOCHS`` epochs ahead of the sink's answers, so later);
 5. keep ``max_concurrency`` trials in flight as the study submits them (never more than
    asked; the pool and Ray really run them at once) and take new ones as old ones end;
 6. ``refit`` the best parameters: a CPU model in eval mode and its test metrics;
