@@ -125,7 +125,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False)
         for attr in ("_launch", "_finish"):
             t.wrap(hl.SearchLoop, attr)
         t.wrap(hs.StudyRunner, "_finale", "_refit")  # refit + logging + report (hpo.refit)
-        t.wrap(hpo.refit, "log_model", "_log_model")
+        t.wrap(ht.Tracker, "log_model", "_log_model")
         t.wrap(hpo.refit, "write_study_report", "_report")
         t.wrap(hpo.data, "load_spec_dataset", "data_load")
         t.wrap(ht.Tracker, "__init__", "mlflow_store_open")

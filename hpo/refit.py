@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpo import space
 from hpo.metrics import METRICS
 from hpo.spec import Spec
@@ -57,7 +55,7 @@ def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, pa
             model, test_metrics = best.model, best.test_metrics
             model_uri = log_refit(best, tracker=tracker, parent_id=parent_id, spec=spec, dataset=dataset,
                                   counts=counts(study))
-        log_trials_table(study, tracker, parent_id)
+        tracker.log_trials_table(study)
         study.set_user_attr(REFIT_ATTR, {"finished": done, "model_uri": model_uri, "test_metrics": test_metrics,
                                          "best_trial": None if best is None else best.best.number})
     else:  # stopped during the report last time: the model is registered already
@@ -65,7 +63,7 @@ def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, pa
     if spec.tracking.report and study.user_attrs.get(REPORT_ATTR) != done:
         interrupts.enter("report")
         if model is None and model_uri is not None:
-            model = stored_model(tracker, parent_id, spec.tracking.uri)
+            model = tracker.stored_model()
         write_study_report(study, tracker, parent_id, spec, dataset, model, stop=interrupts.check)
     interrupts.enter("log")
     study.set_user_attr(REPORT_ATTR, done)
@@ -106,99 +104,10 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
                                extra={"trial": best.number, "test_metrics": refit.test_metrics, "spec": spec.raw,
                                       "seed": spec.search.seed})
         tracker.log_checkpoint(parent_id, ckpt)
-    model_uri = log_model(refit.model, ds, uri=spec.tracking.uri, parent_id=parent_id, name=spec.name,
-                          factory=spec.model if spec.is_factory_model else None)
-
-    summary = {f"best_cv_{spec.metric}": best.value, "best_trial": best.number, "refit_epochs": refit.epochs}
-    summary.update({f"test_{k}": v for k, v in refit.test_metrics.items()})
-    summary.update({f"n_{k}": v for k, v in counts.items()})
-    tags = {f"hpo.best.{k}": str(v) for k, v in best.params.items()}
-    tags["hpo.best_trial"] = str(best.number)
-    if model_uri:
-        tags["hpo.model_uri"] = model_uri
-    tracker.log_summary(summary, {f"best_{k}": v for k, v in best.params.items()}, tags)
+    model_uri = tracker.log_model(refit.model, ds, name=spec.name, factory=spec.model if spec.is_factory_model else None)
+    tracker.log_result(metric=spec.metric, best=best, refit_epochs=refit.epochs, test_metrics=refit.test_metrics,
+                       counts=counts, model_uri=model_uri)
     return model_uri
-
-
-def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, factory: str | None = None) -> str:
-    """``mlflow.pytorch.log_model`` onto the parent run, registered as ``name``, with a signature and
-    an input example from the test split and hpo's own code beside it; returns the model URI.
-
-    The user's code travels too: the local module file or package folder of every class in ``model``
-    that is not torch's or hpo's (and of the model ``factory``, when given), so the registered model
-    loads where that code is not installed. Code from installed distributions is left to them."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
-    from mlflow.tracking import fluent
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    import hpo
-
-    example = np.asarray(dataset.x_test[:5], dtype=np.float32)
-    with torch.no_grad():
-        out = model(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, out)
-    # mlflow.pytorch.log_model works through the fluent API's globals: set them for this call only,
-    # then put back exactly what was there (including "not set"). The caller's active experiment
-    # (mlflow.set_experiment in a notebook, say) would make start_run refuse the study's parent run
-    previous = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    fluent._active_experiment_id = None
-    try:
-        with mlflow.start_run(run_id=parent_id):
-            info = mlflow.pytorch.log_model(
-                model, name="model", registered_model_name=name, signature=signature,
-                input_example=example, code_paths=[str(Path(hpo.__file__).parent), *_user_code(model, factory)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            )
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
-    return info.model_uri
-
-
-def _user_code(model: Any, factory: str | None) -> list[str]:
-    """Local folders/files of the user code ``model`` is made of: what unpickling it will import."""
-    import hpo
-    from hpo.usercode import code_folder
-
-    own = Path(hpo.__file__).resolve().parent
-    found: list[str] = []
-    objects = [type(m) for m in model.modules()]
-    if factory is not None:
-        from hpo.models import BUILTIN_FACTORIES, model_factory
-
-        if factory not in BUILTIN_FACTORIES:
-            objects.append(model_factory(factory))
-    for obj in objects:
-        if getattr(obj, "__module__", "") == "__main__":
-            continue  # pickled by value: nothing to ship
-        folder = code_folder(obj)
-        if folder is not None and folder != own and own not in folder.parents and str(folder) not in found:
-            found.append(str(folder))
-    return found
-
-
-def log_trials_table(study: Any, tracker: Any, parent_id: str) -> None:
-    """Optuna's trials table as ``trials.csv`` on the parent run."""
-    with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:
-        path = Path(tmp) / "trials.csv"
-        study.trials_dataframe().to_csv(path, index=False)
-        tracker.log_file(parent_id, path)
-
-
-def stored_model(tracker: Any, parent_id: str, uri: str) -> Any:
-    """The refit model from the parent run's checkpoint (to finish a report after an interruption),
-    or ``None`` when it cannot be read (the report then leaves out the plots that need it)."""
-    from hpo.checkpoint import load_model
-
-    try:
-        return load_model(tracker.real_id(parent_id), tracking_uri=uri)
-    except Exception as exc:
-        log.warning("could not reload the refit model for the report: %s", exc)
-        return None
 
 
 def write_study_report(study: Any, tracker: Any, parent_id: str, spec: Spec, dataset: Any, model: Any,

@@ -88,7 +88,6 @@ class StudyRunner:
         import optuna
 
         from hpo.data import load_spec_dataset
-        from hpo.epochs import EpochSink
         from hpo.folds import make_folds
         from hpo.loop import SearchLoop
         from hpo.outbox import spool_dir
@@ -138,7 +137,7 @@ class StudyRunner:
                                                       reuse=self.resume, parent_id=known_parent)
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_id)
 
-        self.sink = EpochSink(self.tracker.out, self.study, spec.metric)
+        self.sink = self.tracker.epoch_sink(self.study, spec.metric)
         self.executor = self._executor(TrainingSet(ds.x_train, ds.y_train, ds.n_classes, folds,
                                                    standardize=spec.data.standardize))
         self.loop = SearchLoop(spec, self.study, self.tracker, self.executor, ds, interrupts=self.interrupts,
@@ -306,8 +305,7 @@ class StudyRunner:
 
         reason = f"{type(exc).__name__}: {exc}"
         try:
-            self.tracker.set_tag(self.parent_id, "hpo.reason", f"refit failed: {reason}"[:5000])
-            self.tracker.end_study("FAILED")
+            self.tracker.fail_study(f"refit failed: {reason}")
         except Exception as inner:
             log.warning("could not mark the study's run failed: %s", inner)
         done = finished_count(self.study)

@@ -1,89 +1,48 @@
-"""MLflow adapter: one experiment per study, a parent run per study, a nested child run per trial.
+"""The Tracker: one experiment per study, a parent run per study, a nested child run per trial.
 
-All calls go through :class:`mlflow.MlflowClient` with explicit run ids (no global active
-run), so trials on threads or other processes log into the right run. A running trial's
-curves go out in batches through the epoch sink (:mod:`hpo.epochs`).
+All writes go through the study's :class:`~hpo.outbox.Outbox` with explicit run ids (no
+global active run), so trials on threads or other processes log into the right run, and an
+outage of the tracking server is waited out (the outbox is private to this class: callers
+ask :meth:`Tracker.retry`, :attr:`Tracker.gave_up` and friends).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
-from hpo.sqlite_store import check_store, seed_mlflow_db, sqlite_path, store_lock, use_wal  # noqa: F401 (re-exported)
+from hpo.sqlite_store import check_store, seed_mlflow_db, sqlite_path, use_wal
+from hpo.tracking.names import (
+    ATTEMPTS_TAG,
+    BEST_PARAM_TAG,
+    BEST_TAG,
+    BEST_TRIAL_TAG,
+    CHECKPOINT_DIR,
+    GPU_TAG,
+    MODEL_URI_TAG,
+    PARENT_TAG,
+    REASON_TAG,
+    ROLE_TAG,
+    SPEC_DIR,
+    STATE_TAG,
+    STATUS,
+    STUDY_ROLE,
+    STUDY_TAG,
+    TRIAL_ROLE,
+    TRIAL_TAG,
+    TRIALS_TABLE,
+    WORKER_TAG,
+    best_param,
+    study_summary,
+    trial_metrics,
+)
 
 log = logging.getLogger("hpo")
-
-STUDY_TAG = "hpo.study"
-ROLE_TAG = "hpo.role"  # "study" on the parent run, "trial" on child runs
-PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under its parent
-CHECKPOINT_DIR = "checkpoint"
-BEST_TAG = "best"  # on the one trial run with the best value so far
-STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-
-
-def lineage_tags(spec: Any) -> dict[str, str]:
-    """The parent run's lineage tags: spec hash, seed, versions, the user's code hashes, the git commit."""
-    import mlflow
-    import optuna
-    import torch
-
-    import hpo
-    from hpo.usercode import load_target, source_hash
-
-    tags = {
-        "hpo.spec_hash": spec.spec_hash,
-        "hpo.seed": str(spec.search.seed),
-        "hpo.version": hpo.__version__,
-        "torch.version": torch.__version__,
-        "optuna.version": optuna.__version__,
-        "mlflow.version": mlflow.__version__,
-    }
-    for tag, target, group in (("hpo.code_hash", spec.model if spec.is_factory_model else None, "hpo.models"),
-                               ("hpo.data_code_hash", spec.data.factory, "hpo.data")):
-        if target:  # the user's code is part of what the study measured
-            tags[tag] = source_hash(load_target(target, spec_path=spec.path, group=group)) or "no source file"
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["hpo.git_commit"] = commit
-    return tags
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except OSError:
-        return None
-
-
-def study_settings(spec: Any) -> dict[str, Any]:
-    """The parent run's params: what the study was run with."""
-    return {
-        "dataset": spec.data.label, "model": spec.model, "sampler": spec.search.sampler,
-        "n_trials": spec.n_trials, "seed": spec.search.seed, "metric": spec.metric,
-        "direction": spec.direction, "pruner": spec.search.pruner, "folds": spec.cv.folds,
-        "test_size": spec.data.test_size, "executor": spec.execution.executor,
-        "max_concurrent_trials": spec.execution.max_concurrent_trials,
-    }
-
-
-def optuna_storage_for(tracking_uri: str) -> str:
-    """Optuna's storage next to the tracking store: ``optuna.db`` beside a sqlite ``mlflow.db``,
-    else ``sqlite:///mlruns/optuna.db`` in the working directory."""
-    db = sqlite_path(tracking_uri)
-    folder = db.parent if db is not None else Path("mlruns")
-    return f"sqlite:///{folder / 'optuna.db'}"
 
 
 def _flat(params: dict[str, Any]) -> dict[str, str]:
@@ -207,7 +166,7 @@ class Tracker:
         """The parent run id of this study in its experiment, if there is one."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{STUDY_TAG}` = '{self.study}' and tags.`{ROLE_TAG}` = 'study'",
+            filter_string=f"tags.`{STUDY_TAG}` = '{self.study}' and tags.`{ROLE_TAG}` = '{STUDY_ROLE}'",
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
@@ -218,11 +177,11 @@ class Tracker:
         one tagged with this study) — and log its spec and settings."""
         run_id = (parent_id or self.find_study_run()) if reuse else None
         if run_id is None:
-            run_id = self.out.create_run(self.experiment_id, spec.name, {STUDY_TAG: spec.name, ROLE_TAG: "study", **tags})
+            run_id = self.out.create_run(self.experiment_id, spec.name, {STUDY_TAG: spec.name, ROLE_TAG: STUDY_ROLE, **tags})
             self.out.log_batch(run_id, params=_flat(settings))
             if spec.source:
                 # the spec may carry a database URL with a password: never store it
-                self.out.log_text(run_id, redact(spec.source), f"spec/{Path(spec.path or 'spec.yaml').name}")
+                self.out.log_text(run_id, redact(spec.source), f"{SPEC_DIR}/{Path(spec.path or 'spec.yaml').name}")
         else:
             self.out.update_run(run_id, status="RUNNING")
             self.out.log_batch(run_id, tags=tags)
@@ -240,8 +199,8 @@ class Tracker:
         """Create the nested child run of trial ``number`` with all its parameters."""
         run_id = self.out.create_run(
             self.experiment_id, trial_run_name(number, sampled),
-            {PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: "trial",
-             "hpo.trial": str(number), "hpo.state": "running"},
+            {PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: TRIAL_ROLE,
+             TRIAL_TAG: str(number), STATE_TAG: "running"},
         )
         self.out.log_batch(run_id, params=_flat(params))
         return run_id
@@ -249,32 +208,25 @@ class Tracker:
     def end_trial(self, run_id: str, result: Any, metric: str) -> None:
         """Final CV metrics, state and duration of a trial; closes its run."""
         ts = int(time.time() * 1000)
-        metrics = {"duration_s": result.duration_s, "epochs_trained": result.epochs_trained}
-        if result.value is not None:
-            metrics[f"cv_{metric}_mean"] = result.value
-            metrics[f"cv_{metric}_std"] = result.std
-            for k, v in enumerate(result.fold_values):
-                metrics[f"fold{k}/best_{metric}"] = v
-                metrics[f"fold{k}/best_epoch"] = result.fold_best_epochs[k]
-        tags = {"hpo.state": result.state, "hpo.attempts": str(result.attempts)}
+        metrics = trial_metrics(metric, result)
+        tags = {STATE_TAG: result.state, ATTEMPTS_TAG: str(result.attempts)}
         if result.worker:
-            tags["hpo.worker"] = result.worker[:500]
+            tags[WORKER_TAG] = result.worker[:500]
             if " cuda " in f" {result.worker} ":
-                tags["hpo.gpu"] = result.worker.split(" cuda ", 1)[1][:500]
+                tags[GPU_TAG] = result.worker.split(" cuda ", 1)[1][:500]
         if result.reason:
-            tags["hpo.reason"] = result.reason[:5000]
+            tags[REASON_TAG] = result.reason[:5000]
         self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
+    def epoch_sink(self, study: Any, metric: str) -> Any:
+        """The :class:`~hpo.epochs.EpochSink` of this study's trials in this process (it logs their
+        curves through this tracker's outbox)."""
+        from hpo.epochs import EpochSink
+
+        return EpochSink(self.out, study, metric)
+
     # ------------------------------------------------------------------ artifacts
-
-    def log_file(self, run_id: str, local: Path, artifact_dir: str | None = None) -> None:
-        """Upload one local file into ``artifact_dir`` of ``run_id``."""
-        self.out.log_artifact(run_id, local, artifact_dir)
-
-    def delete_artifacts(self, run_id: str, path: str) -> None:
-        """Remove ``path`` from a run's artifacts (used to drop checkpoints that left the top k)."""
-        self.out.delete_artifacts(run_id, path)
 
     def log_checkpoint(self, run_id: str, local: Path) -> None:
         """Upload a checkpoint file into the run's ``checkpoint/`` folder."""
@@ -287,19 +239,51 @@ class Tracker:
     def kill_run(self, run_id: str) -> None:
         """Close an interrupted trial's run: KILLED, ``hpo.state`` killed (it re-runs on resume)."""
         self.out.set_terminated(run_id, status="KILLED")
-        self.out.set_tag(run_id, "hpo.state", "killed")
+        self.out.set_tag(run_id, STATE_TAG, "killed")
 
-    def log_summary(self, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str]) -> None:
-        """Study-level results on the parent run."""
+    def log_result(self, *, metric: str, best: Any, refit_epochs: int, test_metrics: dict[str, float],
+                   counts: dict[str, int], model_uri: str | None) -> None:
+        """The study's result on the parent run: metrics (best CV value, test metrics, counts), the best
+        parameters as ``best_*`` params (MLflow params are immutable: a resume keeps the first ones)
+        and ``hpo.best.*`` tags (these move), the best trial and the model URI."""
         ts = int(time.time() * 1000)
+        metrics = study_summary(metric, best.value, best.number, refit_epochs, test_metrics, counts)
         existing = self.client.get_run(self.out.real_id(self.parent_id)).data.params
+        params = {best_param(k): v for k, v in best.params.items()}
         new_params = {k: v for k, v in _flat(params).items() if k not in existing}
+        tags = {f"{BEST_PARAM_TAG}{k}": str(v) for k, v in best.params.items()}
+        tags[BEST_TRIAL_TAG] = str(best.number)
+        if model_uri:
+            tags[MODEL_URI_TAG] = model_uri
         self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()],
                            params=new_params, tags=tags)
 
-    def set_tag(self, run_id: str, key: str, value: str) -> None:
-        """Set one tag."""
-        self.out.set_tag(run_id, key, value)
+    def log_model(self, model: Any, dataset: Any, *, name: str, factory: str | None = None) -> str:
+        """Log the refit ``model`` on the parent run and register it as ``name``; returns its URI
+        (see :func:`hpo.tracking.models.log_model`)."""
+        from hpo.tracking.models import log_model
+
+        return log_model(model, dataset, uri=self.uri, parent_id=self.parent_id, name=name, factory=factory)
+
+    def stored_model(self) -> Any:
+        """The refit model read back from the parent run's checkpoint, or None."""
+        from hpo.tracking.models import stored_model
+
+        return stored_model(self.out.real_id(self.parent_id), self.uri)
+
+    def log_trials_table(self, study: Any) -> None:
+        """Optuna's trials table as ``trials.csv`` on the parent run."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:
+            path = Path(tmp) / TRIALS_TABLE
+            study.trials_dataframe().to_csv(path, index=False)
+            self.out.log_artifact(self.parent_id, path, None)
+
+    def fail_study(self, reason: str) -> None:
+        """The parent run ends FAILED with ``reason`` (the refit, model logging or report failed)."""
+        self.out.set_tag(self.parent_id, REASON_TAG, reason[:5000])
+        self.end_study("FAILED")
 
     def move_best(self, old: str | None, new: str) -> None:
         """Move the ``best`` tag from run ``old`` (if any) to run ``new``; a tag already gone is fine."""
@@ -320,7 +304,7 @@ class Tracker:
         try:
             tagged = self.client.search_runs(
                 [self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{self.study}' and "
-                f"tags.`{ROLE_TAG}` = 'trial' and tags.`{BEST_TAG}` = 'true'")
+                f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}' and tags.`{BEST_TAG}` = 'true'")
         except Exception as exc:  # the tag is cosmetic: the next better trial moves it anyway
             log.warning("could not check which run carries the best tag: %s", exc)
             return
@@ -329,16 +313,6 @@ class Tracker:
             self._drop_best(other)
         if run_id not in ids:
             self.out.set_tag(run_id, BEST_TAG, "true")
-
-
-def curve_log(uri: str, spool: str | Path | None, grace_s: float) -> Outbox:
-    """An outbox of its own on the tracking store at ``uri``, for the epoch sink's curves (the Ray sink
-    actor opens one in its process; spool file role ``s``)."""
-    from mlflow import MlflowClient
-
-    use_wal(uri)
-    apply_http_defaults(uri)
-    return Outbox(MlflowClient(tracking_uri=uri), spool, grace_s=grace_s, role="s")
 
 
 def trial_run_name(number: int, sampled: dict[str, Any]) -> str:
@@ -352,41 +326,3 @@ def trial_run_name(number: int, sampled: dict[str, Any]) -> str:
     return (f"trial-{number:03d} " + " ".join(parts)).strip()[:250]
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``.
-
-    Asks the way MLflow's own REST client asks (``mlflow.utils.rest_utils.http_request`` with the
-    host credentials MLflow builds for the URI), so a server MLflow can use passes: credentials in
-    the URL (``http://user:password@host``, which ``requests`` sends as basic auth),
-    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``, and
-    MLflow's TLS settings. Messages never show the password.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    shown = redact(uri)
-    try:
-        # one try, no backoff: this is a quick look before a study starts, not a write that must land
-        resp = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, backoff_factor=0,
-                            timeout=timeout, raise_on_status=False)
-    except Exception as exc:
-        text = str(exc).strip()
-        # MLflow wraps requests' error in "API request to URL failed with exception ...": keep the OS's reason
-        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
-        reason = redact(errno[0] if errno else f"timed out after {timeout:g}s" if "timed out" in text.lower()
-                        else text.splitlines()[0] if text else type(exc).__name__)
-        raise TrackingError(f"the tracking server {shown} is not reachable ({reason}); start it "
-                            "(mlflow server ...) or pass another --tracking-uri") from None
-    if resp.status_code in (401, 403):
-        raise TrackingError(f"the tracking server {shown} refused the credentials (HTTP {resp.status_code}); put "
-                            "them in the URI (http://USER:PASSWORD@host) or set MLFLOW_TRACKING_USERNAME and "
-                            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
-    if resp.status_code != 200:
-        raise TrackingError(f"the tracking server {shown} is not reachable (HTTP {resp.status_code} from /health); "
-                            "check that it is an MLflow tracking server, or pass another --tracking-uri")
-
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,90 @@
+"""The refit model in MLflow: logged with a signature and its code, registered, read back.
+
+``mlflow.pytorch.log_model`` only works through MLflow's fluent API (a global active run and
+URIs); :func:`log_model` sets those for one call and puts back exactly what was there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo.tracking.names import MODEL_NAME
+
+log = logging.getLogger("hpo")
+
+
+def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, factory: str | None = None) -> str:
+    """``mlflow.pytorch.log_model`` onto the parent run, registered as ``name``, with a signature and
+    an input example from the test split and hpo's own code beside it; returns the model URI.
+
+    The user's code travels too: the local module file or package folder of every class in ``model``
+    that is not torch's or hpo's (and of the model ``factory``, when given), so the registered model
+    loads where that code is not installed. Code from installed distributions is left to them."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    import hpo
+
+    example = np.asarray(dataset.x_test[:5], dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, out)
+    # mlflow.pytorch.log_model works through the fluent API's globals: set them for this call only,
+    # then put back exactly what was there (including "not set"). The caller's active experiment
+    # (mlflow.set_experiment in a notebook, say) would make start_run refuse the study's parent run
+    previous = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    fluent._active_experiment_id = None
+    try:
+        with mlflow.start_run(run_id=parent_id):
+            info = mlflow.pytorch.log_model(
+                model, name=MODEL_NAME, registered_model_name=name, signature=signature,
+                input_example=example, code_paths=[str(Path(hpo.__file__).parent), *_user_code(model, factory)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
+    return info.model_uri
+
+
+def _user_code(model: Any, factory: str | None) -> list[str]:
+    """Local folders/files of the user code ``model`` is made of: what unpickling it will import."""
+    import hpo
+    from hpo.usercode import code_folder
+
+    own = Path(hpo.__file__).resolve().parent
+    found: list[str] = []
+    objects = [type(m) for m in model.modules()]
+    if factory is not None:
+        from hpo.models import BUILTIN_FACTORIES, model_factory
+
+        if factory not in BUILTIN_FACTORIES:
+            objects.append(model_factory(factory))
+    for obj in objects:
+        if getattr(obj, "__module__", "") == "__main__":
+            continue  # pickled by value: nothing to ship
+        folder = code_folder(obj)
+        if folder is not None and folder != own and own not in folder.parents and str(folder) not in found:
+            found.append(str(folder))
+    return found
+
+
+def stored_model(run_id: str, uri: str) -> Any:
+    """The refit model from the parent run's checkpoint (to finish a report after an interruption),
+    or ``None`` when it cannot be read (the report then leaves out the plots that need it)."""
+    from hpo.checkpoint import load_model
+
+    try:
+        return load_model(run_id, tracking_uri=uri)
+    except Exception as exc:
+        log.warning("could not reload the refit model for the report: %s", exc)
+        return None

@@ -1,0 +1,65 @@
+"""Every name hpo writes into MLflow, in one place: tags, params, metric keys, artifact folders.
+
+The README's "What MLflow records" describes these; ``tests/_layout.py`` checks a whole study
+against it. Read-side commands (``hpo show``, ``hpo compare``, ``hpo report``) use the same names.
+"""
+
+from __future__ import annotations
+
+# tags on every run of a study
+STUDY_TAG = "hpo.study"
+ROLE_TAG = "hpo.role"  # "study" on the parent run, "trial" on child runs
+STUDY_ROLE, TRIAL_ROLE = "study", "trial"
+PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under its parent
+
+# tags on a trial's run
+TRIAL_TAG = "hpo.trial"  # the Optuna trial number
+STATE_TAG = "hpo.state"  # running, then complete / pruned / failed / killed
+REASON_TAG = "hpo.reason"  # why it was pruned, failed or stopped (on the parent: why the refit failed)
+ATTEMPTS_TAG = "hpo.attempts"
+WORKER_TAG = "hpo.worker"  # where it ran
+GPU_TAG = "hpo.gpu"
+BEST_TAG = "best"  # "true" on the one trial run with the best value so far
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}  # hpo.state -> run
+
+# tags on the parent run
+BEST_TRIAL_TAG = "hpo.best_trial"
+BEST_PARAM_TAG = "hpo.best."  # + parameter name
+MODEL_URI_TAG = "hpo.model_uri"
+
+# artifact folders
+CHECKPOINT_DIR = "checkpoint"  # trial.pt on a top-k trial run, best.pt on the parent run
+SPEC_DIR = "spec"  # the study's YAML on the parent run
+MODEL_NAME = "model"  # the logged (and registered) refit model
+TRIALS_TABLE = "trials.csv"  # Optuna's trials table on the parent run
+
+
+def trial_metrics(metric: str, result) -> dict[str, float]:
+    """A finished trial's run metrics: duration, epochs, CV mean and std, each fold's best value and epoch."""
+    metrics = {"duration_s": result.duration_s, "epochs_trained": result.epochs_trained}
+    if result.value is not None:
+        metrics[f"cv_{metric}_mean"] = result.value
+        metrics[f"cv_{metric}_std"] = result.std
+        for k, v in enumerate(result.fold_values):
+            metrics[f"fold{k}/best_{metric}"] = v
+            metrics[f"fold{k}/best_epoch"] = result.fold_best_epochs[k]
+    return metrics
+
+
+def study_summary(metric: str, best_value: float, best_trial: int, refit_epochs: int,
+                  test_metrics: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """The parent run's result metrics: best CV value and trial, refit epochs, test metrics, trial counts."""
+    summary = {f"best_cv_{metric}": best_value, "best_trial": best_trial, "refit_epochs": refit_epochs}
+    summary.update({f"test_{k}": v for k, v in test_metrics.items()})
+    summary.update({f"n_{k}": v for k, v in counts.items()})
+    return summary
+
+
+def best_param(name: str) -> str:
+    """The parent run's param holding the best trial's value of parameter ``name``."""
+    return f"best_{name}"
+
+
+def test_metric(metric: str) -> str:
+    """The parent run's metric with the refit model's test value of ``metric``."""
+    return f"test_{metric}"

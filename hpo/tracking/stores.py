@@ -1,0 +1,68 @@
+"""The stores behind a study: Optuna's storage beside MLflow's, a tracking server's health check,
+and the epoch sink's own outbox."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hpo.errors import TrackingError
+from hpo.outbox import Outbox, apply_http_defaults
+from hpo.redact import redact
+from hpo.sqlite_store import sqlite_path, use_wal
+
+
+def optuna_storage_for(tracking_uri: str) -> str:
+    """Optuna's storage next to the tracking store: ``optuna.db`` beside a sqlite ``mlflow.db``,
+    else ``sqlite:///mlruns/optuna.db`` in the working directory."""
+    db = sqlite_path(tracking_uri)
+    folder = db.parent if db is not None else Path("mlruns")
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def curve_log(uri: str, spool: str | Path | None, grace_s: float) -> Outbox:
+    """An outbox of its own on the tracking store at ``uri``, for the epoch sink's curves (the Ray sink
+    actor opens one in its process; spool file role ``s``)."""
+    from mlflow import MlflowClient
+
+    use_wal(uri)
+    apply_http_defaults(uri)
+    return Outbox(MlflowClient(tracking_uri=uri), spool, grace_s=grace_s, role="s")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``.
+
+    Asks the way MLflow's own REST client asks (``mlflow.utils.rest_utils.http_request`` with the
+    host credentials MLflow builds for the URI), so a server MLflow can use passes: credentials in
+    the URL (``http://user:password@host``, which ``requests`` sends as basic auth),
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``, and
+    MLflow's TLS settings. Messages never show the password.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    shown = redact(uri)
+    try:
+        # one try, no backoff: this is a quick look before a study starts, not a write that must land
+        resp = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, backoff_factor=0,
+                            timeout=timeout, raise_on_status=False)
+    except Exception as exc:
+        text = str(exc).strip()
+        # MLflow wraps requests' error in "API request to URL failed with exception ...": keep the OS's reason
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+        reason = redact(errno[0] if errno else f"timed out after {timeout:g}s" if "timed out" in text.lower()
+                        else text.splitlines()[0] if text else type(exc).__name__)
+        raise TrackingError(f"the tracking server {shown} is not reachable ({reason}); start it "
+                            "(mlflow server ...) or pass another --tracking-uri") from None
+    if resp.status_code in (401, 403):
+        raise TrackingError(f"the tracking server {shown} refused the credentials (HTTP {resp.status_code}); put "
+                            "them in the URI (http://USER:PASSWORD@host) or set MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if resp.status_code != 200:
+        raise TrackingError(f"the tracking server {shown} is not reachable (HTTP {resp.status_code} from /health); "
+                            "check that it is an MLflow tracking server, or pass another --tracking-uri")
