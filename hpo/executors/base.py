@@ -26,7 +26,9 @@ class Executor(Protocol):
         ...
 
     def stop_trials(self) -> None:
-        """Ask running trials to stop after their current epoch (they end KILLED)."""
+        """Ask running trials to stop (they end KILLED): after their current epoch locally or with a
+        pruner; on Ray without a pruner, once the sink has answered the epochs sent ahead (at most
+        ``MAX_UNANSWERED_EPOCHS``, usually within a second or two)."""
         ...
 
     def tracking_lost(self, wait_s: float = 0.0) -> bool:

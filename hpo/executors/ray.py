@@ -165,6 +165,9 @@ class RayExecutor:
     def submit(self, spec: TrialSpec) -> Future[TrialResult]:
         """Run ``spec`` on an idle worker; the future resolves to a result, never raises."""
         with self._lock:
+            if not self._idle:
+                raise RuntimeError(f"all {self.max_concurrency} Ray workers are busy: submit at most "
+                                   "max_concurrency trials at a time")
             worker = self._idle.pop()
         out: Future[TrialResult] = Future()
         ref = worker.run.remote(spec)
