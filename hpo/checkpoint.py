@@ -129,21 +129,19 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
     """
     import tempfile
 
-    from mlflow import MlflowClient
-
     from hpo.errors import TrackingError
     from hpo.spec import DEFAULT_TRACKING_URI
+    from hpo.tracking.models import download_checkpoint
 
-    client = MlflowClient(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI)
-    for name in ("checkpoint/best.pt", "checkpoint/trial.pt"):
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                local = client.download_artifacts(run_id, name, tmp)
-            except Exception:
-                continue  # not this one: a refit writes best.pt, a kept trial trial.pt
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    with tempfile.TemporaryDirectory() as tmp:
+        found = download_checkpoint(run_id, uri, tmp)  # a refit writes best.pt, a kept trial trial.pt
+        if found is not None:
+            name, local = found
             # a checkpoint that is there but cannot be read safely is an error, not a missing one
             what = f"{name} of run {run_id}"
             blob = read_checkpoint(local, what)
+    if found is not None:
         try:
             return model_from_checkpoint(blob, fold=None if blob["state"] is not None else 0)
         except UserCodeError as exc:  # the factory's code is not where it was, nor installed

@@ -1,4 +1,4 @@
-"""The refit model in MLflow: logged with a signature and its code, registered, read back.
+"""The refit model in MLflow: logged with a signature and its code, registered; checkpoints read back.
 
 ``mlflow.pytorch.log_model`` only works through MLflow's fluent API (a global active run and
 URIs); :func:`log_model` sets those for one call and puts back exactly what was there.
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.tracking.names import MODEL_NAME
+from hpo.tracking.names import CHECKPOINT_DIR, MODEL_NAME
 
 log = logging.getLogger("hpo")
 
@@ -88,3 +88,17 @@ def stored_model(run_id: str, uri: str) -> Any:
     except Exception as exc:
         log.warning("could not reload the refit model for the report: %s", exc)
         return None
+
+
+def download_checkpoint(run_id: str, uri: str, dst: str) -> tuple[str, str] | None:
+    """Download a run's checkpoint into ``dst``: the parent run's ``checkpoint/best.pt``, else a kept
+    trial's ``checkpoint/trial.pt``; returns (artifact path, local path), or None when it has neither."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for name in (f"{CHECKPOINT_DIR}/best.pt", f"{CHECKPOINT_DIR}/trial.pt"):
+        try:
+            return name, client.download_artifacts(run_id, name, dst)
+        except Exception:  # noqa: S112 - not this one: a refit writes best.pt, a kept trial trial.pt
+            continue
+    return None
