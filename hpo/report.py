@@ -52,11 +52,13 @@ from hpo._report_figures import (
     parcoords,
     regression_figures,
 )
+from hpo.resume import (
+    METRIC_ATTR,  # study user attr with the metric's name (read by `hpo show` without MLflow)
+)
 
 log = logging.getLogger("hpo")
 
 REPORT_DIR = "report"
-METRIC_ATTR = "hpo.metric"  # study user attr with the metric's name (read by `hpo show` without MLflow)
 IMPORTANCE_PREFIX = "importance_"
 PNG_SIZE = (9.0, 5.5)  # inches at 100 dpi
 PNG_DPI = 100

@@ -24,6 +24,8 @@ REFIT_ATTR = "hpo.refit"
 REPORT_ATTR = "hpo.reported"
 CODE_KEY = "model.code_hash"  # SHA-256 of the model factory's source file, for a factory model
 METRIC_ATTR = "hpo.metric"  # written by every version of hpo, so older studies are checked on the metric
+PARENT_RUN_ATTR = "mlflow.parent_run_id"  # the study's MLflow parent run
+REQUEUED_ATTR = "hpo.requeued"  # numbers of the interrupted trials already re-queued
 
 
 def _param(p: Param) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpo import space
+from hpo.resume import PARENT_RUN_ATTR, REQUEUED_ATTR
 from hpo.spec import Spec
 from hpo.trial import (
     COMPLETE,
@@ -130,8 +131,6 @@ def open_storage(url: str):
 
 # ---------------------------------------------------------------------- the study in its storage
 
-REQUEUED_ATTR = "hpo.requeued"  # study attr: numbers of the interrupted trials already re-queued
-PARENT_RUN_ATTR = "mlflow.parent_run_id"  # study attr: the study's MLflow parent run
 
 
 def open_study(spec: Spec, storage: Any, storage_url: str, *, resume: bool, concurrency: int):

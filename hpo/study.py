@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hpo.interrupts import Interrupted, Interrupts
-from hpo.resume import REPORT_ATTR, finished_record
-from hpo.search import PARENT_RUN_ATTR, counts, finished_count
+from hpo.resume import PARENT_RUN_ATTR, REPORT_ATTR, finished_record
+from hpo.search import counts, finished_count
 from hpo.spec import Spec, load_spec
 from hpo.trial import INTERRUPTED_ATTR, RUN_ID_ATTR, TrainingSet, TrialResult  # noqa: F401 (INTERRUPTED_ATTR re-exported)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from hpo.cli._common import add_tracking_uri, open_study
 from hpo.cli.show import emit
+from hpo.resume import PARENT_RUN_ATTR
 
 NAME = "compare"
 HELP = "print studies side by side: best value, trial counts, wall time, best params, test metric"
@@ -61,7 +62,7 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
     except ValueError:
         best_value, best_number, best_params = None, None, {}
     run = None
-    run_id = study.user_attrs.get("mlflow.parent_run_id")
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
         client = mlflow_client(tracking_uri)  # read-only; a missing or damaged store is an error, not a blank column
         try:

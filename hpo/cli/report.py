@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from hpo.cli._common import add_tracking_uri, open_study
+from hpo.resume import PARENT_RUN_ATTR
 
 NAME = "report"
 HELP = "draw a study's report plots (HTML + PNG) onto its MLflow parent run"
@@ -105,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     study = open_study(args.name, uri, write=True)
-    run_id = study.user_attrs.get("mlflow.parent_run_id")
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not run_id:
         raise HpoError(f"study {args.name!r} has no MLflow parent run recorded (user attr mlflow.parent_run_id); "
                        "was it created by `hpo run`?")

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from hpo.cli._common import add_tracking_uri, open_study
+from hpo.resume import METRIC_ATTR, PARENT_RUN_ATTR
 from hpo.trial import CV_STD_ATTR, DURATION_ATTR, INTERRUPTED_ATTR, REASON_ATTR, RUN_ID_ATTR
 
 NAME = "show"
@@ -25,7 +26,6 @@ STATE_STYLE = {"complete": "green", "pruned": "yellow", "failed": "red", "runnin
 STATE_NAME = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
               "WAITING": "waiting"}
 STATE_ORDER = {"complete": 0, "pruned": 1, "failed": 2, "interrupted": 3, "running": 4, "waiting": 5}
-METRIC_ATTR = "hpo.metric"  # = hpo.report.METRIC_ATTR; spares `hpo show` the MLflow import when present
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def study_metric(study: Any, tracking_uri: str | None) -> str | None:
     MLflow parent run's ``metric`` param (None if neither can be read)."""
     if study.user_attrs.get(METRIC_ATTR):
         return str(study.user_attrs[METRIC_ATTR])
-    run_id = study.user_attrs.get("mlflow.parent_run_id")
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not run_id:
         return None
     from hpo.cli._common import mlflow_client
