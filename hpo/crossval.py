@@ -57,13 +57,56 @@ def record_failure(result: TrialResult, exc: BaseException) -> None:
     result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
 
 
+class SequentialFolds:
+    """A trial's fold learners trained one after another within each epoch (``pack_folds: false``, and
+    every trial that cannot pack); the interface :class:`hpo.packing.PackedFolds` shares."""
+
+    def __init__(self, learners: list[Learner]) -> None:
+        self.learners = learners
+
+    def train_epoch(self) -> list[float]:
+        """One epoch of every fold; each fold's mean training loss. Raises
+        :class:`~hpo.training.Diverged` naming the first fold whose loss is not finite."""
+        losses = []
+        for k, learner in enumerate(self.learners):
+            try:
+                losses.append(learner.train_epoch())
+            except Diverged as exc:
+                raise Diverged(str(exc), fold=k) from None
+        return losses
+
+    def validate(self, val_idx: list[torch.Tensor]) -> list[tuple[np.ndarray, float]]:
+        """Each fold's outputs on its validation indices and its mean validation loss."""
+        return [lr.predict(lr.data, va) for lr, va in zip(self.learners, val_idx, strict=True)]
+
+    def end_epoch(self, epoch: int, values: list[float], val_losses: list[float]) -> None:
+        """Step each fold's schedule and keep the weights of each fold at its best."""
+        for lr, value, loss in zip(self.learners, values, val_losses, strict=True):
+            lr.end_epoch(epoch, value, loss)
+
+
+def fold_group(spec: TrialSpec, learners: list[Learner], epochs: int, result: TrialResult):
+    """The folds of ``spec`` packed into one stacked model when the study packs and this trial allows
+    it (``result.packed`` says which, and why not), else one after another."""
+    if not spec.pack:
+        return SequentialFolds(learners)
+    from hpo.packing import PackedFolds, trial_reason
+
+    reason = trial_reason(spec.params, learners)
+    if reason is not None:
+        result.packed = f"false: {reason}"
+        return SequentialFolds(learners)
+    result.packed = "true"
+    return PackedFolds(learners, epochs)
+
+
 def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = None) -> TrialResult:
     """Train ``spec``'s k fold models in lockstep and score them; never raises.
 
     After every epoch the fold-mean validation metric goes to ``on_epoch``: ``PRUNE`` stops the
     trial as pruned, ``STOP`` (the study is stopping) as killed. Patience (early stopping) acts on the same mean. A NaN/inf
     loss stops the trial at once as failed; any exception is recorded as failed with its
-    message.
+    message. With ``spec.pack`` the folds train as one stacked model (:mod:`hpo.packing`).
     """
     start = time.perf_counter()
     result = TrialResult(number=spec.number, state=COMPLETE)
@@ -78,26 +121,25 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
                     direction=spec.direction, epochs=epochs)
             for k, (tr, _va) in enumerate(fd.folds)
         ]
+        group = fold_group(spec, learners, epochs, result)
         y_cpu = fd.data.y.cpu().numpy()
-        val_y = [y_cpu[va.cpu().numpy()] for _tr, va in fd.folds]
+        val_idx = [va for _tr, va in fd.folds]
+        val_y = [y_cpu[va.cpu().numpy()] for va in val_idx]
         best_mean, since_best = None, 0
         m = spec.metric
         for epoch in range(1, epochs + 1):
+            try:
+                train_losses = group.train_epoch()
+            except Diverged as exc:
+                raise Diverged(f"{exc} at epoch {epoch} (fold {exc.fold}); lower lr or set grad_clip") from None
+            outputs = group.validate(val_idx)
+            values = [compute_metric(m, val_y[k], out, fd.data.n_classes) for k, (out, _loss) in enumerate(outputs)]
+            val_losses = [loss for _out, loss in outputs]
+            group.end_epoch(epoch, values, val_losses)
             metrics: dict[str, float] = {}
-            values, train_losses, val_losses = [], [], []
-            for k, (learner, (_tr, va)) in enumerate(zip(learners, fd.folds, strict=True)):
-                try:
-                    train_loss = learner.train_epoch()
-                except Diverged as exc:
-                    raise Diverged(f"{exc} at epoch {epoch} (fold {k}); lower lr or set grad_clip") from None
-                out, val_loss = learner.predict(fd.data, va)
-                value = compute_metric(m, val_y[k], out, fd.data.n_classes)
-                learner.end_epoch(epoch, value, val_loss)
+            for k, (value, train_loss) in enumerate(zip(values, train_losses, strict=True)):
                 metrics[f"fold{k}/val_{m}"] = value
                 metrics[f"fold{k}/train_loss"] = train_loss
-                values.append(value)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
             mean = float(np.mean(values))
             metrics[f"val_{m}"] = mean
             metrics["train_loss"] = float(np.mean(train_losses))

@@ -87,8 +87,9 @@ class SearchLoop:
     """
 
     def __init__(self, spec: Any, study: Any, tracker: Any, executor: Any, dataset: Any, *,
-                 interrupts: Any, progress: Any = None, started: float | None = None) -> None:
+                 interrupts: Any, progress: Any = None, started: float | None = None, pack: bool = False) -> None:
         self.spec, self.study, self.tracker, self.executor, self.dataset = spec, study, tracker, executor, dataset
+        self.pack = pack  # trials train their folds as one stacked model (hpo.packing.study_packing)
         self.interrupts, self.progress = interrupts, progress
         self.started = time.perf_counter() if started is None else started
         self.stops = Stops()
@@ -200,7 +201,7 @@ class SearchLoop:
             self.launching = (trial, run_id, params)
             trial.set_user_attr(RUN_ID_ATTR, run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
-                       direction=spec.direction, seed=spec.search.seed, run_id=run_id)
+                       direction=spec.direction, seed=spec.search.seed, run_id=run_id, pack=self.pack)
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
         with self.interrupts.held():
             self.pending[fut] = self.launching

@@ -104,6 +104,10 @@ class ExecutionSpec(_Section):
     # cpus_per_trial (ray)
     threads_per_trial: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # train a trial's k fold models as one stacked model (hpo.packing): auto = where it is faster (every
+    # packable model on CUDA; models without convolutions on the CPU), true = always (an error when the model
+    # cannot be stacked), false = one fold model after another
+    pack_folds: Literal["auto", True, False] = "auto"
 
 
 class TrackingSpec(_Section):

@@ -95,6 +95,7 @@ class StudyRunner:
         from hpo.spool import failed_writes, resolve_target, waiting
         from hpo.sqlite_store import check_writable
         from hpo.tracking import (
+            PACKED_TAG,
             Tracker,
             check_reachable,
             lineage_tags,
@@ -120,6 +121,9 @@ class StudyRunner:
         folds = make_folds(ds.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification",
                            ds.class_names)
         self.device = resolve_device(spec.execution.device)
+        from hpo.packing import study_packing  # pack_folds: true on a model that cannot stack is exit 2 here
+
+        self.pack, self.pack_note = study_packing(spec, ds.input_shape, ds.n_classes or 1, self.device)
         check_reachable(spec.tracking.uri)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,7 +137,7 @@ class StudyRunner:
             if self._is_finished():
                 self.parent_id = known_parent or self.tracker.find_study_run()
                 return
-            self.parent_id = self.tracker.start_study(spec, study_settings(spec), lineage_tags(spec),
+            self.parent_id = self.tracker.start_study(spec, study_settings(spec), {**lineage_tags(spec), PACKED_TAG: self.pack_note},
                                                       reuse=self.resume, parent_id=known_parent)
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_id)
 
@@ -141,7 +145,7 @@ class StudyRunner:
         self.executor = self._executor(TrainingSet(ds.x_train, ds.y_train, ds.n_classes, folds,
                                                    standardize=spec.data.standardize))
         self.loop = SearchLoop(spec, self.study, self.tracker, self.executor, ds, interrupts=self.interrupts,
-                               progress=self.progress, started=self._started)
+                               progress=self.progress, started=self._started, pack=self.pack)
         for t in requeue_interrupted(self.study):  # on resume: their runs close KILLED, their params run again
             run_id = self.tracker.real_id(t.user_attrs.get(RUN_ID_ATTR))
             if run_id:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +75,11 @@ def fit_stats(x: torch.Tensor, idx: torch.Tensor, enabled: bool = True) -> tuple
     return mean, std
 
 
-def make_optimizer(params: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer named by ``params['optimizer']``."""
+def make_optimizer(params: dict[str, Any], tensors: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer named by ``params['optimizer']`` over ``tensors`` (a model's
+    parameters, or a packed trial's stacked ones: every optimizer here acts element by element)."""
     name, lr, wd = params["optimizer"], params["lr"], params["weight_decay"]
-    p = model.parameters()
+    p = list(tensors)
     if name == "sgd":
         mom = params["momentum"]
         return torch.optim.SGD(p, lr=lr, momentum=mom, nesterov=bool(params["nesterov"]) and mom > 0, weight_decay=wd)
@@ -121,7 +123,11 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (``fold``: which fold's, when known)."""
+
+    def __init__(self, message: str, fold: int | None = None) -> None:
+        super().__init__(message)
+        self.fold = fold
 
 
 @dataclass
@@ -211,7 +217,7 @@ class Learner:
         self.batch_size = int(params["batch_size"])
         self.batches = batch_bounds(len(self.train_idx), self.batch_size, has_batch_norm(self.model))
         self.steps_per_epoch = len(self.batches)
-        self.opt = make_optimizer(params, self.model)
+        self.opt = make_optimizer(params, self.model.parameters())
         self.sched = make_scheduler(params, self.opt, self.steps_per_epoch, epochs)
         if self.regression:
             self.loss_fn: nn.Module = nn.MSELoss()

@@ -55,6 +55,7 @@ class TrialSpec:
     direction: str
     seed: int
     run_id: str | None = None  # the MLflow child run that receives this trial's curves
+    pack: bool = False  # train the k fold models as one stacked model where this trial's params allow it
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TrialResult:
     checkpoint: dict[str, Any] | None = None  # best-epoch weights of every fold, CPU tensors
     worker: str = ""  # where it ran: node, device
     attempts: int = 1  # >1 when a lost worker made it run again
+    packed: str = ""  # "true", or "false: <why>" when the study packs folds but this trial could not
 
     @property
     def std(self) -> float:

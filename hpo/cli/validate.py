@@ -58,4 +58,9 @@ def _check_model(spec: Any) -> Any:
     from hpo.models import check_build
 
     dataset = load_spec_dataset(spec)  # the model's input shape and outputs come from the data
-    return check_build(spec, tuple(dataset.input_shape), dataset.n_classes or 1)
+    built = check_build(spec, tuple(dataset.input_shape), dataset.n_classes or 1)
+    if spec.execution.pack_folds is True:  # a model that cannot train its folds stacked is an error now, not at run
+        from hpo.packing import study_packing
+
+        study_packing(spec, tuple(dataset.input_shape), dataset.n_classes or 1, "cpu")
+    return built

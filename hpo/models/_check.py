@@ -32,6 +32,13 @@ def _first(p: Any) -> Any:
     return p.choices[0] if isinstance(p, Choice) else p.value
 
 
+def first_params(spec: Any) -> dict[str, Any]:
+    """A trial's parameters with the first value of every searched parameter (what a trial build uses)."""
+    from hpo import space
+
+    return space.resolve(spec, {p.name: _first(p) for p in spec.space})
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
@@ -45,12 +52,11 @@ def check_build(spec: Any, input_shape: tuple[int, ...], n_outputs: int) -> Buil
     model key when the factory raises, does not return an ``nn.Module``, or maps ``(B, *input_shape)``
     to anything but ``(B, n_outputs)``. Torch's global random state is left as it was.
     """
-    from hpo import space
     from hpo.errors import SpecError
     from hpo.models import NotAModuleError, build_model, count_parameters
 
     key = "model.factory" if isinstance(spec.raw.get("model"), dict) else "model"
-    params = space.resolve(spec, {p.name: _first(p) for p in spec.space})
+    params = first_params(spec)
     shape = tuple(int(s) for s in input_shape)
     with torch.random.fork_rng(devices=[]):  # a trial build must not shift the seeds of the trials after it
         try:

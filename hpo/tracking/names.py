@@ -19,6 +19,7 @@ REASON_TAG = "hpo.reason"  # why it was pruned, failed or stopped (on the parent
 ATTEMPTS_TAG = "hpo.attempts"
 WORKER_TAG = "hpo.worker"  # where it ran
 GPU_TAG = "hpo.gpu"
+PACKED_TAG = "hpo.packed"  # "true" or "false: <why>": folds trained as one stacked model (also on the parent)
 BEST_TAG = "best"  # "true" on the one trial run with the best value so far
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}  # hpo.state -> run
 

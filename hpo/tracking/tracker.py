@@ -25,6 +25,7 @@ from hpo.tracking.names import (
     CHECKPOINT_DIR,
     GPU_TAG,
     MODEL_URI_TAG,
+    PACKED_TAG,
     PARENT_TAG,
     REASON_TAG,
     ROLE_TAG,
@@ -216,6 +217,8 @@ class Tracker:
                 tags[GPU_TAG] = result.worker.split(" cuda ", 1)[1][:500]
         if result.reason:
             tags[REASON_TAG] = result.reason[:5000]
+        if result.packed:
+            tags[PACKED_TAG] = result.packed[:5000]
         self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
