@@ -40,6 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpo.metrics import is_better
 from hpo.models import MLP
+from hpo.models._layers import Dropout, keep_mask
 from hpo.training import EVAL_BATCH, Diverged, Learner, augment_batch, make_optimizer, make_scheduler
 
 Tensors = dict[str, torch.Tensor]
@@ -63,8 +64,10 @@ def trial_reason(params: dict[str, Any], learners: Sequence[Learner]) -> str | N
     return None
 
 
-def _mlp_forward(base: MLP, p: Tensors, b: Tensors, x: torch.Tensor) -> torch.Tensor:
-    """The built-in MLP on stacked weights: ``(k, B, *input_shape)`` -> ``(k, B, n_outputs)``."""
+def _mlp_forward(base: MLP, p: Tensors, b: Tensors, x: torch.Tensor,
+                 generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """The built-in MLP on stacked weights: ``(k, B, *input_shape)`` -> ``(k, B, n_outputs)``; fold j's
+    dropout masks come from ``generators[j]`` (as an unpacked fold's :class:`~hpo.models._layers.Dropout`)."""
     k, n = x.shape[:2]
     x = x.reshape(k, n, -1)  # (k, B, F)
     for i, m in enumerate(base.body):
@@ -83,16 +86,20 @@ def _mlp_forward(base: MLP, p: Tensors, b: Tensors, x: torch.Tensor) -> torch.Te
                 b[name + "num_batches_tracked"].add_(1)
             x = flat.view(n, k, width).transpose(0, 1)  # (k, B, W)
         elif isinstance(m, nn.Dropout):
-            x = F.dropout(x, m.p, m.training)
+            if m.training and m.p > 0 and all(g is not None for g in generators):
+                x = x * torch.stack([keep_mask(x[j], m.p, g) for j, g in enumerate(generators)])
+            else:
+                x = F.dropout(x, m.p, m.training)
         else:  # an activation: element by element
             x = m(x)
     return torch.baddbmm(p["head.bias"].unsqueeze(1), x, p["head.weight"].transpose(1, 2))  # (k, B, out)
 
 
-def _fast_path(base: nn.Module) -> Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor] | None:
+def _fast_path(base: nn.Module, generators: Sequence[torch.Generator | None]
+               ) -> Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor] | None:
     """A hand-stacked forward for ``base`` when it is a built-in that has one."""
     if type(base) is MLP and all(m.momentum is not None for m in base.modules() if isinstance(m, nn.BatchNorm1d)):
-        return lambda p, b, x: _mlp_forward(base, p, b, x)
+        return lambda p, b, x: _mlp_forward(base, p, b, x, generators)
     return None
 
 
@@ -101,11 +108,13 @@ class StackedNet:
 
     def __init__(self, nets: Sequence[nn.Module], generic: bool = False) -> None:
         self.k = len(nets)
+        # each net's dropout generator (hpo's Dropout), for the paths that can draw fold by fold
+        self.generators = [next((m.generator for m in net.modules() if isinstance(m, Dropout)), None) for net in nets]
         params, buffers = stack_module_state(list(nets))
         self.params: Tensors = params
         self.buffers: Tensors = buffers
         self.base = copy.deepcopy(nets[0]).to("meta")  # structure only: the weights live in params/buffers
-        fast = None if generic else _fast_path(self.base)
+        fast = None if generic else _fast_path(self.base, self.generators)
         self.fast = fast is not None
         if fast is None:
             def one(p: Tensors, b: Tensors, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +138,14 @@ class StackedNet:
         (gradients and BatchNorm statistics land in fold j's slice)."""
         p = {n: t[j] for n, t in self.params.items()}
         b = {n: t[j] for n, t in self.buffers.items()}
-        return functional_call(self.base, (p, b), (x,))
+        drops = [m for m in self.base.modules() if isinstance(m, Dropout)] if self.fast else []
+        for m in drops:  # the hand-stacked path draws fold j's masks from its own stream: so does this
+            m.generator = self.generators[j]
+        try:
+            return functional_call(self.base, (p, b), (x,))
+        finally:
+            for m in drops:
+                m.generator = None
 
     def state(self, j: int) -> Tensors:
         """Fold ``j``'s weights and buffers, under the model's own ``state_dict`` names."""
@@ -137,16 +153,15 @@ class StackedNet:
 
 
 def _clip_per_fold(tensors: Sequence[torch.Tensor], k: int, max_norm: float) -> None:
-    """``clip_grad_norm_`` for each fold on its own: the fold's total gradient norm over every
-    stacked tensor, scaled down to ``max_norm`` (same formula and epsilon as torch's)."""
+    """``clip_grad_norm_`` for each fold on its own: fold j's total gradient norm over its slice of every
+    stacked tensor (torch's own ``get_total_norm``), and the same scaling torch applies."""
     grads = [t.grad for t in tensors if t.grad is not None]
-    if not grads:
-        return
-    norms = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), 2, dim=1) for g in grads])  # (P, k)
-    total = torch.linalg.vector_norm(norms, 2, dim=0)  # (k,)
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(coef.view(k, *([1] * (g.dim() - 1))).to(g.dtype))
+    for j in range(k):
+        mine = [g[j] for g in grads]
+        total = torch.nn.utils.get_total_norm(mine, 2.0)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in mine:
+            g.mul_(coef)
 
 
 class PackedFolds:

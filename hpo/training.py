@@ -21,6 +21,7 @@ from torch import nn
 
 from hpo.metrics import compute_metric, is_better
 from hpo.models import build_model
+from hpo.models._layers import Dropout
 
 log = logging.getLogger("hpo")
 
@@ -213,7 +214,12 @@ class Learner:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # batch order and augmentation draws
+        # dropout masks: a stream of this fold's own, on the device, that no other fold, thread or packing shifts
+        self.noise_gen = torch.Generator(device=data.device).manual_seed(seed)
+        for m in self.model.modules():
+            if isinstance(m, Dropout):
+                m.generator = self.noise_gen
         self.batch_size = int(params["batch_size"])
         self.batches = batch_bounds(len(self.train_idx), self.batch_size, has_batch_norm(self.model))
         self.steps_per_epoch = len(self.batches)

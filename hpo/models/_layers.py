@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "make_activation"]
+__all__ = ["ACTIVATIONS", "Dropout", "make_activation"]
 
 #: Activation name -> module class. Every class is constructible with no arguments.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -62,3 +63,30 @@ def check_image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, in
     if any(s < 1 for s in shape):
         raise ValueError(f"input_shape must be positive, got {shape}")
     return shape  # type: ignore[return-value]
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that draws its masks from ``generator`` when one is set (else torch's global RNG).
+
+    A trial's learner gives each fold model its own generator, so a fold's masks do not depend on
+    the other folds, on concurrent trials' threads or on whether the folds train packed
+    (:mod:`hpo.packing` draws the same masks). The generator is not part of the model: it is
+    dropped when the model is pickled or copied.
+    """
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.generator is None or not self.training or self.p == 0:
+            return super().forward(x)
+        return x * keep_mask(x, self.p, self.generator)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("generator", None)
+        return state
+
+
+def keep_mask(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Dropout's scaled keep-mask for ``x``: 0 with probability ``p``, else ``1 / (1 - p)``."""
+    return torch.empty_like(x).bernoulli_(1 - p, generator=generator).div_(1 - p)

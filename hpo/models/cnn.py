@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpo.models._layers import check_dropout, check_image_shape, check_positive, make_activation
+from hpo.models._layers import Dropout, check_dropout, check_image_shape, check_positive, make_activation
 
 __all__ = ["CNN", "build"]
 
@@ -67,7 +67,7 @@ class CNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(in_ch, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

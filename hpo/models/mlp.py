@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from hpo.models._layers import check_dropout, check_positive, make_activation
+from hpo.models._layers import Dropout, check_dropout, check_positive, make_activation
 
 __all__ = ["MLP", "build"]
 
@@ -60,7 +60,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(width))
             layers.append(make_activation(activation))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             features = width
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(features, n_outputs)

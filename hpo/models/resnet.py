@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo.models._layers import check_dropout, check_image_shape, check_positive, make_activation
+from hpo.models._layers import Dropout, check_dropout, check_image_shape, check_positive, make_activation
 
 __all__ = ["RESNET_DEPTHS", "BasicBlock", "PadShortcut", "ResNet", "build"]
 
@@ -141,7 +141,7 @@ class ResNet(nn.Module):
         self.stage1, self.stage2, self.stage3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(in_ch, n_outputs)
         self._init_weights()
 

@@ -46,14 +46,37 @@ def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, 
     fluent._active_experiment_id = None
     try:
         with mlflow.start_run(run_id=parent_id):
-            info = mlflow.pytorch.log_model(
-                model, name=MODEL_NAME, registered_model_name=name, signature=signature,
-                input_example=example, code_paths=[str(Path(hpo.__file__).parent), *_user_code(model, factory)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            )
+            kwargs = dict(name=MODEL_NAME, registered_model_name=name, signature=signature, input_example=example,
+                          code_paths=[str(Path(hpo.__file__).parent), *_user_code(model, factory)],
+                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"])
+            try:  # MLflow's default: a torch.export graph (pt2), which loads without running pickled code
+                info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
+            except Exception as exc:
+                if not _is_export_error(exc):
+                    raise
+                # a forward torch.export cannot trace (data-dependent control flow, .item()): the pickled
+                # module, with its code beside it, still loads with mlflow.pytorch.load_model / hpo.load_model
+                log.warning("torch.export cannot trace the model (%s); it is logged as a pickle instead",
+                            " ".join(str(exc).split())[:200])
+                info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
     finally:
         tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = previous
     return info.model_uri
+
+
+def _is_export_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from tracing the model with ``torch.export`` (not from the store)."""
+    names = {type(e).__module__.split(".")[0] + "." + type(e).__name__ for e in _chain(exc)}
+    text = " ".join(str(e) for e in _chain(exc))
+    return any(n.startswith("torch.") for n in names) or "torch.export" in text
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
 
 
 def _user_code(model: Any, factory: str | None) -> list[str]:
