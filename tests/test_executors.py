@@ -4,7 +4,8 @@ The study only asks, submits, waits and tells; whatever runs its trials must the
 
 1. resolve a submit to a :class:`~hpo.trial.TrialResult` (complete: its value is the mean of
    its fold values, every epoch trained);
-2. resolve a failing trial to a FAILED result with the reason: the future never raises;
+2. resolve a failing trial to a FAILED result with the reason: the future never raises; a trial
+   submitted with ``pack=True`` trains its folds as one stacked model, with the sequential values;
 3. hand the trial's epochs 1..n to the epoch sink in order, and its end before the result
    (Optuna holds each epoch's value, the MLflow child run the whole curve);
 4. on ``stop_trials()``, end running trials KILLED after the epoch the stop reaches them in,
@@ -42,6 +43,7 @@ import optuna
 import pytest
 import torch
 
+from hpo.crossval import FoldData, run_trial
 from hpo.data import load_dataset
 from hpo.epochs import EpochSink, SinkConfig
 from hpo.executors import Executor, LocalExecutor
@@ -187,6 +189,15 @@ class ExecutorContract:
         result = result_of(executor.submit(spec))
         assert (result.number, result.state) == (spec.number, FAILED)
         assert reason in result.reason
+
+    def test_a_packed_trial_trains_its_folds_stacked_with_the_sequential_values(self, executor: Executor,
+                                                                                stores: Stores) -> None:
+        spec = dataclasses.replace(stores.spec(epochs=3, dropout=0.2), pack=True)
+        result = result_of(executor.submit(spec))
+        assert (result.state, result.packed) == (COMPLETE, "true")
+        alone = run_trial(dataclasses.replace(spec, pack=False, run_id=None), FoldData.build(iris()[1], "cpu"))
+        n_val = min(len(va) for _tr, va in iris()[1].folds)
+        assert np.allclose(result.fold_values, alone.fold_values, rtol=0, atol=1 / n_val + 1e-12)
 
     # ------------------------------------------------------------------ 3: the epoch sink
 
