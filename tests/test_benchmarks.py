@@ -105,3 +105,44 @@ def test_gpu_throughput_benchmark_runs(monkeypatch):
     c = gpu_throughput.main(["--quick", "--device", "cpu", "--models", "cnn", "--concurrent", "1,2", "--n", "128"])
     assert [k["processes"] for k in c["concurrent"]["cnn"]] == [1, 2]
     assert all(_ok(k["aggregate_images_per_s"], 1.0) for k in c["concurrent"]["cnn"])
+
+
+@pytest.mark.slow
+def test_packing_benchmark_runs(monkeypatch):
+    from benchmarks import packing
+
+    _no_md_change(monkeypatch)
+    r = packing.main(["--quick"])
+    ref = r["reference"]
+    for part in ("study", "training"):
+        times = ref[part]["wall_s" if part == "study" else "s"]
+        assert _ok(times["packed"]["median"], 0.001) and _ok(times["unpacked"]["median"], 0.001), part
+        assert _ok(times["packed_over_unpacked"]["median"], 0.01), part
+    assert ref["study"]["packed_tags"] == ["true"] and ref["training"]["packed_tags"] == ["true"]
+    assert ref["study"]["unpacked_tags"] == ["false"]
+    # the built-in MLP packs bit for bit: same trials drawn, same fold values and weights
+    assert ref["study"]["same_parameter_sets"] is True
+    assert ref["study"]["fold_value_max_abs_diff"] == 0 and ref["training"]["fold_value_max_abs_diff"] == 0
+    assert ref["training"]["weights_max_abs_diff"] == 0
+    assert set(r["conv"]) == {"cnn", "resnet20"}
+    for name, c in r["conv"].items():
+        assert c["trials"] and all(t["packed"] == "true" for t in c["trials"]), name
+        assert all(t["state"] == {"packed": "complete", "unpacked": "complete"} for t in c["trials"]), name
+        assert _ok(c["total"]["packed_s"]["median"], 0.001) and _ok(c["total"]["unpacked_s"]["median"], 0.001), name
+        assert _ok(c["fold_value_max_abs_diff"], 0, 1) and _ok(c["noise_fold_value_max_abs_diff"], 0, 1), name
+        assert c["within_noise"] in (True, False), name
+    assert "packing" in packing.render(r, "python -m benchmarks.packing --quick").lower()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu(monkeypatch):
+    from benchmarks import gpu_check
+
+    _no_md_change(monkeypatch)
+    r = gpu_check.main(["--device", "cpu", "--quick", "--models", "cnn", "--n", "160", "--no-ray"])
+    assert r["paths"]["autocast"] is None and r["paths"]["learner_output_dtype"] == "torch.float32"
+    s = r["throughput"]["cnn"]["summary"]
+    for variant in ("packed", "unpacked", "bare", "hpo_one"):
+        assert _ok(s[variant]["median"], 1.0), variant
+    assert _ok(s["packed_over_unpacked"], 0.01) and _ok(s["epoch1_loss_max_abs_diff"], 0.0, 1.0)
+    assert "ray" not in r
