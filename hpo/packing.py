@@ -114,6 +114,10 @@ class StackedNet:
         self.params: Tensors = params
         self.buffers: Tensors = buffers
         self.base = copy.deepcopy(nets[0]).to("meta")  # structure only: the weights live in params/buffers
+        if all(g is not None for g in self.generators):
+            for m in self.base.modules():
+                if isinstance(m, Dropout):  # under vmap, fold j draws from generators[j] (see Dropout)
+                    m.generators = self.generators
         fast = None if generic else _fast_path(self.base, self.generators)
         self.fast = fast is not None
         if fast is None:
@@ -138,8 +142,8 @@ class StackedNet:
         (gradients and BatchNorm statistics land in fold j's slice)."""
         p = {n: t[j] for n, t in self.params.items()}
         b = {n: t[j] for n, t in self.buffers.items()}
-        drops = [m for m in self.base.modules() if isinstance(m, Dropout)] if self.fast else []
-        for m in drops:  # the hand-stacked path draws fold j's masks from its own stream: so does this
+        drops = [m for m in self.base.modules() if isinstance(m, Dropout)]
+        for m in drops:  # fold j's masks from its own stream, as unpacked
             m.generator = self.generators[j]
         try:
             return functional_call(self.base, (p, b), (x,))

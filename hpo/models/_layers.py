@@ -69,22 +69,46 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` that draws its masks from ``generator`` when one is set (else torch's global RNG).
 
     A trial's learner gives each fold model its own generator, so a fold's masks do not depend on
-    the other folds, on concurrent trials' threads or on whether the folds train packed
-    (:mod:`hpo.packing` draws the same masks). The generator is not part of the model: it is
-    dropped when the model is pickled or copied.
+    the other folds, on concurrent trials' threads or on whether the folds train packed: a packed
+    trial (:mod:`hpo.packing`) sets ``generators``, one per fold, and under ``torch.func.vmap`` fold j's
+    mask is drawn from ``generators[j]``, as it would be unpacked. The generators are not part of the
+    model: they are dropped when the model is pickled or copied.
     """
 
     generator: torch.Generator | None = None
+    generators: list[torch.Generator] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.generator is None or not self.training or self.p == 0:
+        if not self.training or self.p == 0:
+            return super().forward(x)
+        if self.generators is not None:
+            level = _vmap_level(x)
+            if level is not None:  # x is one fold's batch inside vmap: each fold's own mask, drawn outside it
+                from torch._C._functorch import _add_batch_dim
+
+                with torch._C._DisableFuncTorch():  # plain tensors, drawn as an unpacked fold draws them
+                    masks = torch.stack([keep_mask(torch.empty(x.shape, dtype=x.dtype, device=x.device), self.p, g)
+                                         for g in self.generators])  # (k, *x.shape)
+                return x * _add_batch_dim(masks, 0, level)
+        if self.generator is None:
             return super().forward(x)
         return x * keep_mask(x, self.p, self.generator)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("generator", None)
+        state.pop("generators", None)
         return state
+
+
+def _vmap_level(x: torch.Tensor) -> int | None:
+    """The ``torch.func.vmap`` level ``x`` is batched at, or ``None`` (torch's private functorch API, pinned
+    with torch: without it, masks come from the global RNG and packed dropout is equal in law only)."""
+    try:
+        from torch._C._functorch import is_batchedtensor, maybe_get_level
+    except ImportError:
+        return None
+    return maybe_get_level(x) if is_batchedtensor(x) else None
 
 
 def keep_mask(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
