@@ -9,8 +9,9 @@ and fold accuracies to one validation example (a rounding difference that flips 
 
 The generic path (``torch.func.vmap``, CNN and ResNet; dropout masks still drawn per fold from each fold's
 own generator) runs other convolution kernels, so it is exact per step (one optimizer step: weights, BatchNorm statistics and losses to ``1e-5``) but not over many: training
-at float precision is chaotic. Over whole trials its fold values are held to the spread float noise alone
-causes, measured in BENCHMARKS.md ("Fold packing"): 0.03 accuracy (6 of 200 examples) after 3 epochs here.
+at float precision is chaotic. Over whole trials its fold values are held to 0.03 accuracy (6 of 200
+examples after 3 epochs here), inside the spread a rounding-only change (oneDNN off) causes in the same
+kind of trial: 0.003-0.125 best accuracy in BENCHMARKS.md section 6 ("Fold packing").
 """
 
 from __future__ import annotations
