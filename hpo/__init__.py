@@ -15,7 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_spec", "run", "load_model", "StudyResult", "Spec"]
+__all__ = ["__version__", "load_spec", "run", "load_model", "StudyResult", "Spec", "Fold", "TrialContext",
+           "Verdict", "GO", "PRUNE", "STOP"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +28,14 @@ def __getattr__(name: str) -> Any:
         from hpo import spec
 
         return getattr(spec, name)
+    if name in ("Fold", "TrialContext"):  # a user objective's arguments (hpo.objective)
+        from hpo import objective
+
+        return getattr(objective, name)
+    if name in ("Verdict", "GO", "PRUNE", "STOP"):  # what ctx.report answers
+        from hpo.trial import Verdict
+
+        return Verdict if name == "Verdict" else Verdict[name]
     if name == "load_model":
         from hpo.checkpoint import load_model
 

@@ -1,0 +1,287 @@
+"""Your own training step: a user's function trains one fold; hpo keeps the CV, pruning and checkpoints.
+
+A user objective is ``fit_fold(params, fold, ctx) -> dict[str, float]``: it trains one model on
+``fold.train``, scores it on ``fold.val``, calls ``ctx.report(epoch, metrics)`` after each epoch it
+wants tracked and pruned, ``ctx.save(model)`` for the weights to keep, and returns its final metrics.
+:func:`run_objective_trial` runs it once per fold of a trial, each fold on a thread of its own, the
+folds taking turns in lockstep (:class:`Lockstep`): an epoch's fold-mean metric goes to the trial's
+epoch callback once every fold still running has reported that epoch, and the callback's
+:class:`~hpo.trial.Verdict` (go, prune, stop) reaches every fold. The result is the same
+:class:`~hpo.trial.TrialResult` a built-in trial gives.
+
+Worker side: imports torch (for the device and the saved weights), never Optuna, MLflow or Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hpo.metrics import is_better
+from hpo.trial import COMPLETE, FAILED, KILLED, PRUNED, EpochCallback, TrialResult, TrialSpec, Verdict
+
+Objective = Callable[[dict[str, Any], "Fold", "TrialContext"], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of a fold: the examples at ``indices`` of the study's training data (``x``, ``y`` arrays)."""
+
+    x: Any
+    y: Any
+    indices: Any
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What a user objective trains on: ``train`` and ``val`` parts (``val`` is ``None`` in the refit on all
+    training data), the fold's ``index`` (``-1`` in the refit) and ``n_classes`` (0 for regression)."""
+
+    index: int
+    train: Split
+    val: Split | None
+    n_classes: int
+
+
+class Stopped(Exception):
+    """Raised inside a fold's thread when another fold failed: the trial is over, this fold ends too."""
+
+
+class Lockstep:
+    """The epoch rendezvous of a trial's folds, which take turns as the built-in folds do.
+
+    Fold 0 trains until its ``report``, then fold 1 until its own, and so on (one fold runs at a time);
+    when the last running fold has reported, the round's per-fold and mean metrics go to ``on_epoch``
+    and every fold's ``report`` returns its answer as its turn comes again. Each fold's turns run on
+    its own torch RNG state (seeded with the fold's seed at its first turn), so a fold's random draws
+    (initialisation, dropout, shuffling with the global generator) do not depend on the other folds.
+    A fold that returns (or fails) drops out of later rounds. After a ``PRUNE`` or ``STOP`` every later
+    report gets the same answer at once; after a failure every other fold stops at its next report.
+    """
+
+    def __init__(self, seeds: Sequence[int], metric: str, on_epoch: EpochCallback | None, device: str = "cpu") -> None:
+        self.metric, self.on_epoch, self.device = metric, on_epoch, device
+        self.cond = threading.Condition()
+        self.running = list(range(len(seeds)))
+        self.seeds = list(seeds)
+        self.turn = 0
+        self.round: dict[int, tuple[int, dict[str, float]]] = {}  # fold -> (epoch, metrics) of this round
+        self.answer: Verdict | None = None  # the last round's answer
+        self.rounds = 0
+        self.final: Verdict | None = None  # a prune or stop: every fold's answer from now on
+        self.failed = False
+        self.last_epoch = 0
+        self.states: dict[int, Any] = {}
+
+    # -- RNG: each fold's own
+    def _enter(self, fold: int) -> None:
+        import torch
+
+        if fold not in self.states:
+            torch.manual_seed(self.seeds[fold])
+        else:
+            cpu, cuda = self.states[fold]
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda)
+
+    def _leave(self, fold: int) -> None:
+        import torch
+
+        self.states[fold] = (torch.get_rng_state(),
+                             torch.cuda.get_rng_state() if self.device == "cuda" else None)
+
+    def _wait_turn(self, fold: int, rounds: int | None = None) -> None:
+        while not self.failed and not (self.turn == fold and (rounds is None or self.rounds > rounds)):
+            self.cond.wait()
+        if self.failed:
+            raise Stopped
+        self._enter(fold)
+
+    def begin(self, fold: int) -> None:
+        """Wait for fold ``fold``'s first turn (called by its thread before the user's function)."""
+        with self.cond:
+            self._wait_turn(fold)
+
+    def report(self, fold: int, epoch: int, metrics: dict[str, float]) -> Verdict:
+        """Fold ``fold``'s metrics after ``epoch``; returns the round's answer when its turn comes again."""
+        with self.cond:
+            if self.failed:
+                raise Stopped
+            if self.final is not None:
+                return self.final
+            self.round[fold] = (epoch, dict(metrics))
+            rounds = self.rounds
+            self._leave(fold)
+            self._pass(fold)
+            self._wait_turn(fold, rounds)
+            return self.final if self.final is not None else self.answer  # type: ignore[return-value]
+
+    def done(self, fold: int, failed: bool = False) -> None:
+        """Fold ``fold`` returned (or, with ``failed``, raised): it drops out; with ``failed`` the trial stops."""
+        with self.cond:
+            self.failed = self.failed or failed
+            if fold in self.running:
+                if not self.failed and self.turn == fold:
+                    self._pass(fold, leaving=True)
+                self.running.remove(fold)
+                self.round.pop(fold, None)
+            self.cond.notify_all()
+
+    def _pass(self, fold: int, leaving: bool = False) -> None:
+        """Hand the turn to the next running fold; after the last one, answer the round."""
+        later = [f for f in self.running if f > fold]
+        if later:
+            self.turn = later[0]
+        else:
+            self._answer()
+            rest = [f for f in self.running if not (leaving and f == fold)]
+            self.turn = rest[0] if rest else -1
+        self.cond.notify_all()
+
+    def _answer(self) -> None:
+        got, self.round = self.round, {}
+        self.rounds += 1
+        if not got or self.final is not None:
+            return
+        epoch = max(e for e, _m in got.values())
+        metrics: dict[str, float] = {}
+        for k in sorted(got):
+            metrics.update({f"fold{k}/{name}": value for name, value in got[k][1].items()})
+        for name in sorted({n for _e, m in got.values() for n in m}):
+            metrics[name] = float(np.mean([m[name] for _e, m in got.values() if name in m]))
+        self.answer = Verdict.GO if self.on_epoch is None else self.on_epoch(epoch, metrics)
+        self.last_epoch = epoch
+        if self.answer is not Verdict.GO:
+            self.final = self.answer
+
+
+@dataclass
+class TrialContext:
+    """What a user objective gets besides its params and fold: where to train and how to talk back.
+
+    Attributes: ``device`` (``"cpu"``/``"cuda"``), ``seed`` (this fold's, as a built-in fold's),
+    ``threads`` (torch threads for this fold), ``precision`` (``"bf16"`` on CUDA, else ``"fp32"``),
+    ``refit`` (True in the refit on all training data), ``fold`` (the fold's index).
+    """
+
+    device: str
+    seed: int
+    threads: int
+    precision: str
+    refit: bool
+    fold: int
+    direction: str
+    metric: str
+    _lockstep: Lockstep | None = None
+    saved: dict[str, Any] | None = None
+    best_value: float | None = None
+    best_epoch: int = 0
+    reported: list[int] = field(default_factory=list)
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> Verdict:
+        """Report this fold's ``metrics`` after ``epoch`` (1, 2, ...): curves to MLflow, the fold mean to
+        the pruner. Returns :data:`hpo.GO`, or ``PRUNE``/``STOP``: then return (the trial is over)."""
+        value = metrics.get(self.metric)
+        if value is not None and is_better(float(value), self.best_value, self.direction):
+            self.best_value, self.best_epoch = float(value), int(epoch)
+        self.reported.append(int(epoch))
+        if self._lockstep is None:  # the refit: nothing to prune
+            return Verdict.GO
+        return self._lockstep.report(self.fold, int(epoch), {k: float(v) for k, v in metrics.items()})
+
+    def save(self, model: Any) -> None:
+        """Keep ``model``'s weights (an ``nn.Module`` or a state dict) as this fold's checkpoint; the last call wins."""
+        state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+        self.saved = {k: v.detach().to("cpu", copy=True) if hasattr(v, "detach") else v for k, v in state.items()}
+
+
+def folds_of(x: Any, y: Any, folds: Sequence[tuple[Any, Any]], n_classes: int) -> list[Fold]:
+    """The :class:`Fold` records of a study's training arrays and fold indices."""
+    return [Fold(k, Split(x[tr], y[tr], tr), Split(x[va], y[va], va), n_classes) for k, (tr, va) in enumerate(folds)]
+
+
+def _fold_seed(spec: TrialSpec, k: int) -> int:
+    return spec.seed * 1_000_003 + spec.number * 101 + k  # the built-in folds' seeds (hpo.crossval.run_trial)
+
+
+def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *, device: str = "cpu",
+                        threads: int = 1, keep_weights: bool = True,
+                        on_epoch: EpochCallback | None = None) -> TrialResult:
+    """Run ``fn`` on every fold of ``spec``'s trial, concurrently and in lockstep; never raises.
+
+    The folds take turns (:class:`Lockstep`), each on its own torch RNG state, so a trial is reproducible
+    from its seed whatever the function draws. The trial's value is the mean over folds of the metric each call returns. It fails (with the
+    fold and the reason) when a call raises, returns no ``spec.metric`` or a non-finite one, or, with
+    ``keep_weights``, never called ``ctx.save``. A ``PRUNE``/``STOP`` answer ends it pruned/killed.
+    """
+    import torch
+
+    start = time.perf_counter()
+    result = TrialResult(number=spec.number, state=COMPLETE)
+    k = len(folds)
+    seeds = [_fold_seed(spec, i) for i in range(k)]
+    lock = Lockstep(seeds, spec.metric, on_epoch, device)
+    contexts = [TrialContext(device, seeds[i], threads, "bf16" if device == "cuda" else "fp32",
+                             False, i, spec.direction, spec.metric, lock) for i in range(k)]
+    returned: list[dict[str, float] | None] = [None] * k
+    errors: list[tuple[int, BaseException]] = []
+
+    def one(i: int) -> None:
+        torch.set_num_threads(threads)  # OpenMP settings are per thread; one fold runs at a time
+        try:
+            lock.begin(i)
+            returned[i] = fn(dict(spec.params), folds[i], contexts[i])
+        except Stopped:
+            lock.done(i)
+            return
+        except BaseException as exc:  # the user's code: its failure is the trial's
+            errors.append((i, exc))
+            lock.done(i, failed=True)
+            return
+        lock.done(i)
+
+    workers = [threading.Thread(target=one, args=(i,), name=f"hpo-fold{i}", daemon=True) for i in range(k)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    result.epochs_trained = lock.last_epoch
+    if errors:
+        i, exc = min(errors, key=lambda e: e[0])
+        result.state, result.reason = FAILED, f"fold {i}: {type(exc).__name__}: {exc}"
+    elif lock.final is Verdict.PRUNE:
+        result.state, result.reason = PRUNED, f"pruned after epoch {lock.last_epoch}"
+    elif lock.final is Verdict.STOP:
+        result.state, result.reason = KILLED, f"stopped by the study after epoch {lock.last_epoch}"
+    values = []
+    for i, (got, ctx) in enumerate(zip(returned, contexts, strict=True)):
+        value = None if got is None else got.get(spec.metric)
+        if result.state == COMPLETE:
+            if not isinstance(got, dict) or value is None:
+                result.state = FAILED
+                result.reason = (f"fold {i}: {getattr(fn, '__name__', 'the objective')} returned "
+                                 f"{type(got).__name__ if not isinstance(got, dict) else sorted(got)}, not a dict "
+                                 f"with {spec.metric!r}")
+            elif not math.isfinite(float(value)):
+                result.state, result.reason = FAILED, f"fold {i}: {spec.metric} is {float(value)}"
+            elif keep_weights and ctx.saved is None:
+                result.state, result.reason = FAILED, f"fold {i}: the objective never called ctx.save(model)"
+        values.append(float(value) if value is not None else ctx.best_value)
+    if all(v is not None for v in values) and result.state in (COMPLETE, PRUNED, KILLED):
+        result.fold_values = [float(v) for v in values]
+        result.fold_best_epochs = [ctx.best_epoch or max(ctx.reported, default=0) for ctx in contexts]
+        result.value = float(np.mean(result.fold_values))
+        if all(ctx.saved is not None for ctx in contexts):
+            result.checkpoint = {"folds": [ctx.saved for ctx in contexts], "best_epochs": result.fold_best_epochs}
+    result.duration_s = time.perf_counter() - start
+    return result
