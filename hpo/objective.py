@@ -184,6 +184,7 @@ class TrialContext:
     metric: str
     _lockstep: Lockstep | None = None
     saved: dict[str, Any] | None = None
+    module: Any = None  # the refit's saved module
     best_value: float | None = None
     best_epoch: int = 0
     reported: list[int] = field(default_factory=list)
@@ -200,14 +201,40 @@ class TrialContext:
         return self._lockstep.report(self.fold, int(epoch), {k: float(v) for k, v in metrics.items()})
 
     def save(self, model: Any) -> None:
-        """Keep ``model``'s weights (an ``nn.Module`` or a state dict) as this fold's checkpoint; the last call wins."""
+        """Keep ``model``'s weights (an ``nn.Module`` or a state dict) as this fold's checkpoint; the last call
+        wins. In the refit, a module is also kept whole (a CPU copy in eval mode): it is the model hpo logs."""
         state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
         self.saved = {k: v.detach().to("cpu", copy=True) if hasattr(v, "detach") else v for k, v in state.items()}
+        if self.refit and hasattr(model, "state_dict"):
+            import copy
+
+            self.module = copy.deepcopy(model).to("cpu").eval()
+
+
+def _part(x: Any, y: Any, idx: Any) -> Split:
+    """``x``/``y`` at ``idx``: arrays and tensors are indexed; a ``torch.utils.data.Dataset`` becomes a ``Subset``."""
+    if _is_dataset(x):
+        from torch.utils.data import Subset
+
+        xs: Any = Subset(x, [int(i) for i in idx])
+    else:
+        xs = x[idx]
+    return Split(xs, None if y is None else np.asarray(y)[idx], idx)
+
+
+def _is_dataset(x: Any) -> bool:
+    try:
+        from torch.utils.data import Dataset
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(x, Dataset)
 
 
 def folds_of(x: Any, y: Any, folds: Sequence[tuple[Any, Any]], n_classes: int) -> list[Fold]:
-    """The :class:`Fold` records of a study's training arrays and fold indices."""
-    return [Fold(k, Split(x[tr], y[tr], tr), Split(x[va], y[va], va), n_classes) for k, (tr, va) in enumerate(folds)]
+    """The :class:`Fold` records of a study's training data and fold indices: ``x`` is an array (its
+    parts are arrays) or a ``torch.utils.data.Dataset`` (its parts are ``Subset``s); ``y`` holds the
+    labels or targets the folds were drawn from (``None`` when there are none)."""
+    return [Fold(k, _part(x, y, tr), _part(x, y, va), n_classes) for k, (tr, va) in enumerate(folds)]
 
 
 def _fold_seed(spec: TrialSpec, k: int) -> int:
@@ -285,3 +312,34 @@ def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *
             result.checkpoint = {"folds": [ctx.saved for ctx in contexts], "best_epochs": result.fold_best_epochs}
     result.duration_s = time.perf_counter() - start
     return result
+
+
+def run_objective_refit(params: dict[str, Any], fn: Objective, x: Any, y: Any, n_classes: int, *, epochs: int | None,
+                        seed: int, direction: str, metric: str, device: str = "cpu",
+                        threads: int = 1) -> tuple[Any, dict[str, Any] | None, dict[str, float]]:
+    """Call ``fn`` once on all training data (``fold.val`` is ``None``, ``ctx.refit`` is True), with
+    ``params['epochs']`` set to ``epochs`` when both are given (the best trial's mean best epoch).
+
+    Returns the module ``fn`` last passed to ``ctx.save`` (``None`` when it saved a state dict), the saved
+    weights, and what ``fn`` returned. Raises what ``fn`` raises, and ``ValueError`` when it saved nothing.
+    """
+    import torch
+
+    params = dict(params)
+    if epochs is not None and "epochs" in params:
+        params["epochs"] = int(epochs)
+    idx = np.arange(len(x))
+    fold = Fold(-1, _part(x, y, idx), None, n_classes)
+    ctx = TrialContext(device, seed, threads, "bf16" if device == "cuda" else "fp32", True, -1, direction, metric)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            returned = fn(params, fold, ctx)
+    finally:
+        torch.set_num_threads(before)
+    if ctx.saved is None:
+        raise ValueError(f"{getattr(fn, '__name__', 'the objective')} never called ctx.save(model) in the refit; "
+                         "call it with the model to keep")
+    return ctx.module, ctx.saved, dict(returned or {})

@@ -19,7 +19,7 @@ import pytest
 import hpo
 from hpo.data import load_dataset
 from hpo.folds import make_folds
-from hpo.objective import Lockstep, folds_of, run_objective_trial
+from hpo.objective import Lockstep, folds_of, run_objective_refit, run_objective_trial
 from hpo.trial import COMPLETE, FAILED, KILLED, PRUNED, TrialSpec, Verdict
 from hpo.usercode import load_target
 
@@ -198,3 +198,53 @@ def test_each_folds_global_rng_draws_are_its_own_and_reproducible() -> None:
             torch.rand(k * 7, generator=gen)
             expected.append(float(torch.rand(1, generator=gen)))
         assert [m[f"fold{k}/val_acc"] for m in seen] == expected
+
+
+def test_a_dataset_is_split_into_subsets_and_the_refit_trains_on_all_of_it(tmp_path: Path) -> None:
+    import torch
+    from torch.utils.data import Subset, TensorDataset
+
+    ds = load_dataset("iris")
+    data = TensorDataset(torch.as_tensor(ds.x_train, dtype=torch.float32), torch.as_tensor(ds.y_train))
+    folds = folds_of(data, ds.y_train, make_folds(ds.y_train, 3, 0, True), ds.n_classes)
+    assert all(isinstance(f.train.x, Subset) and isinstance(f.val.x, Subset) for f in folds)
+    assert sorted(i for f in folds for i in f.val.x.indices) == list(range(len(data)))
+    assert all(np.array_equal(f.train.y, ds.y_train[f.train.indices]) for f in folds)
+
+    fit = _user_fn(tmp_path, textwrap.dedent("""\
+        import torch
+        from torch import nn
+
+
+        def fit_fold(params, fold, ctx):
+            xs = torch.stack([fold.train.x[i][0] for i in range(len(fold.train))])
+            ys = torch.stack([fold.train.x[i][1] for i in range(len(fold.train))])
+            model = nn.Linear(xs.shape[1], fold.n_classes)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            for epoch in range(1, params["epochs"] + 1):
+                loss = nn.functional.cross_entropy(model(xs), ys)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                ctx.report(epoch, {"val_acc": 0.0})
+            ctx.save(model)
+            return {"val_acc": 0.0, "epochs_run": float(params["epochs"]), "refit": float(ctx.refit),
+                    "n": float(len(fold.train)), "no_val": float(fold.val is None)}
+    """))
+    state = torch.random.get_rng_state()
+    module, weights, returned = run_objective_refit({"epochs": 9, "lr": 0.1}, fit, data, ds.y_train, ds.n_classes,
+                                                    epochs=4, seed=5, direction="maximize", metric="val_acc")
+    assert returned == {"val_acc": 0.0, "epochs_run": 4.0, "refit": 1.0, "n": 120.0, "no_val": 1.0}
+    assert isinstance(module, torch.nn.Linear) and not module.training and sorted(weights) == ["bias", "weight"]
+    assert torch.equal(module.weight, weights["weight"])
+    assert torch.equal(torch.random.get_rng_state(), state)  # the refit's draws leave the caller's RNG alone
+    again = run_objective_refit({"epochs": 9}, fit, data, ds.y_train, ds.n_classes, epochs=4, seed=5,
+                                direction="maximize", metric="val_acc")
+    assert torch.equal(again[1]["weight"], weights["weight"])  # seeded: the same refit again
+
+
+def test_a_refit_that_saves_nothing_says_so() -> None:
+    ds = load_dataset("iris")
+    with pytest.raises(ValueError, match=r"never called ctx.save\(model\) in the refit"):
+        run_objective_refit({}, lambda p, f, c: {"val_acc": 1.0}, ds.x_train, ds.y_train, ds.n_classes, epochs=None,
+                            seed=0, direction="maximize", metric="val_acc")
