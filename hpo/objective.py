@@ -223,10 +223,8 @@ def _part(x: Any, y: Any, idx: Any) -> Split:
 
 
 def _is_dataset(x: Any) -> bool:
-    try:
-        from torch.utils.data import Dataset
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    from torch.utils.data import Dataset
+
     return isinstance(x, Dataset)
 
 

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from hpo.metrics import is_better
 from hpo.models import MLP
 from hpo.models._layers import Dropout, keep_mask
 from hpo.training import EVAL_BATCH, Diverged, Learner, augment_batch, make_optimizer, make_scheduler
@@ -124,8 +123,7 @@ class StackedNet:
             def one(p: Tensors, b: Tensors, x: torch.Tensor) -> torch.Tensor:
                 return functional_call(self.base, (p, b), (x,))
 
-            batched = vmap(one, randomness="different")  # dropout draws its own mask per fold
-            self._forward = lambda p, b, x: batched(p, b, x)
+            self._forward = vmap(one, randomness="different")  # dropout draws its own mask per fold
         else:
             self._forward = fast
 
@@ -307,9 +305,7 @@ class PackedFolds:
         if self.sched is not None and self.params["scheduler"] != "onecycle":
             self.sched.step()
         for j, (lr, value) in enumerate(zip(self.learners, values, strict=True)):
-            if is_better(value, lr.best_value, lr.direction):
-                lr.best_value, lr.best_epoch = value, epoch
-                lr.best_state = self.fold_state(j)
+            lr.offer(epoch, value, lambda j=j: self.fold_state(j))
 
     def fold_state(self, j: int) -> dict[str, torch.Tensor]:
         """Fold ``j``'s model as an ordinary ``Standardized`` state dict on the CPU (what an unpacked

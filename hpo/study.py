@@ -91,6 +91,7 @@ class StudyRunner:
         from hpo.folds import make_folds
         from hpo.loop import SearchLoop
         from hpo.outbox import spool_dir
+        from hpo.packing import study_packing
         from hpo.search import open_storage, open_study, requeue_interrupted
         from hpo.spool import failed_writes, resolve_target, waiting
         from hpo.sqlite_store import check_writable
@@ -121,8 +122,7 @@ class StudyRunner:
         folds = make_folds(ds.y_train, spec.cv.folds, spec.search.seed, spec.task == "classification",
                            ds.class_names)
         self.device = resolve_device(spec.execution.device)
-        from hpo.packing import study_packing  # pack_folds: true on a model that cannot stack is exit 2 here
-
+        # pack_folds: true on a model that cannot stack is exit 2 here, before anything is written
         self.pack, self.pack_note = study_packing(spec, ds.input_shape, ds.n_classes or 1, self.device)
         check_reachable(spec.tracking.uri)
 
@@ -137,8 +137,9 @@ class StudyRunner:
             if self._is_finished():
                 self.parent_id = known_parent or self.tracker.find_study_run()
                 return
-            self.parent_id = self.tracker.start_study(spec, study_settings(spec), {**lineage_tags(spec), PACKED_TAG: self.pack_note},
-                                                      reuse=self.resume, parent_id=known_parent)
+            tags = {**lineage_tags(spec), PACKED_TAG: self.pack_note}
+            self.parent_id = self.tracker.start_study(spec, study_settings(spec), tags, reuse=self.resume,
+                                                      parent_id=known_parent)
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_id)
 
         self.sink = self.tracker.epoch_sink(self.study, spec.metric)

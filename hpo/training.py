@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -314,9 +314,14 @@ class Learner:
     def end_epoch(self, epoch: int, value: float, val_loss: float) -> bool:
         """Step the schedule; remember the weights if ``value`` is this learner's best. True if it is."""
         self.step_schedule(val_loss)
+        return self.offer(epoch, value,
+                          lambda: {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
+
+    def offer(self, epoch: int, value: float, state: Callable[[], dict[str, torch.Tensor]]) -> bool:
+        """Keep ``state()`` (CPU weights) as this fold's best when ``value`` beats its best so far. True if it does."""
         if is_better(value, self.best_value, self.direction):
             self.best_value, self.best_epoch = value, epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_state = state()
             return True
         return False
 

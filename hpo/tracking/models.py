@@ -66,9 +66,8 @@ def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, 
 
 def _is_export_error(exc: BaseException) -> bool:
     """Whether ``exc`` came from tracing the model with ``torch.export`` (not from the store)."""
-    names = {type(e).__module__.split(".")[0] + "." + type(e).__name__ for e in _chain(exc)}
-    text = " ".join(str(e) for e in _chain(exc))
-    return any(n.startswith("torch.") for n in names) or "torch.export" in text
+    chain = _chain(exc)
+    return any(type(e).__module__.startswith("torch") for e in chain) or any("torch.export" in str(e) for e in chain)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
