@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -149,7 +150,7 @@ def _parse_when(name: str, when: Any, params: dict[str, Any], problems: list) ->
     return tuple(out)
 
 
-def _parse_choices(name: str, value: Any, model: str, where: str, problems: list) -> tuple[Any, ...] | None:
+def _parse_choices(name: str, value: Any, check: Any, where: str, problems: list) -> tuple[Any, ...] | None:
     if not isinstance(value, list):
         problems.append((where, f"must be a list of values (got {value!r})"))
         return None
@@ -167,20 +168,31 @@ def _parse_choices(name: str, value: Any, model: str, where: str, problems: list
             problems.append((where, f"choices must be distinct: {firsts[v]!r} and {v!r} are equal (got {value!r})"))
             return None
         firsts[v] = v
-    errs = [e for e in (_check(name, v, model) for v in value) if e]
+    errs = [e for e in (check(name, v) for v in value) if e]
     if errs:
         problems.append((where, errs[0]))
         return None
     return tuple(value)
 
 
-def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Param]:
+_FREE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+
+
+def parse_params(params: dict[str, Any], model: str, problems: list, free: bool = False) -> list[Param]:
     """The space of ``params`` (training parameters, and a factory's keywords named ``model.<keyword>``);
-    each problem is added to ``problems`` as ``(key path, rule)``."""
+    each problem is added to ``problems`` as ``(key path, rule)``. With ``free`` (a user objective) every
+    name is the user's own, its kind taken from its values, as a factory's keywords are."""
+    def check(name: str, value: Any) -> str | None:
+        return None if free else _check(name, value, model)
+
     space: list[Param] = []
     for name, value in params.items():
         where = key_path(name)
-        own = name.startswith(MODEL_PREFIX)  # a factory's keyword: any name, its kind from its values
+        own = free or name.startswith(MODEL_PREFIX)  # a factory's keyword: any name, its kind from its values
+        if free and not (isinstance(name, str) and re.match(_FREE_NAME, name)):
+            problems.append((f"params.{name}", "must be a parameter name of letters, digits and '_' (up to 100, "
+                             "not starting with a digit): it is the key your function reads from params"))
+            continue
         if not own and name not in PARAMS:
             problems.append((where, f"unknown parameter; known: {', '.join(PARAMS)}{closest(name, list(PARAMS))}"))
             continue
@@ -189,7 +201,7 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
                              f"a model factory takes its own keywords: put the factory's keyword under "
                              f"model.params: instead"))
             continue
-        if name == "batch_norm" and model == "resnet" and value is not True:
+        if not free and name == "batch_norm" and model == "resnet" and value is not True:
             problems.append((where, "resnet always uses batch norm; remove this key"))
             continue
         if isinstance(value, dict):
@@ -203,7 +215,7 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
                 if extra:
                     problems.append((f"{where}.{extra[0]}", "a mapping with choices takes only choices and when"))
                     continue
-                choice = _parse_choices(name, value["choices"], model, f"{where}.choices", problems)
+                choice = _parse_choices(name, value["choices"], check, f"{where}.choices", problems)
                 if choice is not None:
                     space.append(Choice(name, choice, when) if len(choice) > 1 else Fixed(name, choice[0], when))
                 continue
@@ -233,7 +245,7 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
             if is_int and not bounds_int:
                 problems.append((where, f"{name} takes integers: low and high must be integers (got {low!r}, {high!r})"))
                 continue
-            if name == "depth" and model == "resnet":
+            if not free and name == "depth" and model == "resnet":
                 problems.append((where, "resnet depth must be 6n+2: give a list, e.g. [20, 32, 44, 56]"))
                 continue
             log = value.get("log", False)
@@ -259,7 +271,7 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
                                      f"{high - low!r}): only low would ever be tried; use a smaller step, or "
                                      "a single value"))
                     continue
-            bad = [(k, _check(name, v, model)) for k, v in (("low", low), ("high", high))]
+            bad = [(k, check(name, v)) for k, v in (("low", low), ("high", high))]
             bad = [(k, b) for k, b in bad if b]
             if bad:
                 problems.append((f"{where}.{bad[0][0]}", bad[0][1]))
@@ -269,11 +281,11 @@ def parse_params(params: dict[str, Any], model: str, problems: list) -> list[Par
             else:
                 space.append(Range(name, low, high, is_int, log, step, when))
         elif isinstance(value, list):
-            choice = _parse_choices(name, value, model, where, problems)
+            choice = _parse_choices(name, value, check, where, problems)
             if choice is not None:
                 space.append(Choice(name, choice) if len(choice) > 1 else Fixed(name, choice[0]))
         else:
-            err = _check(name, value, model)
+            err = check(name, value)
             if err:
                 problems.append((where, err))
                 continue

@@ -29,10 +29,13 @@ FORMAT = 1
 
 def save_checkpoint(path: Path, *, model: str, params: dict[str, Any], input_shape: tuple[int, ...],
                     n_outputs: int, regression: bool, state: dict[str, torch.Tensor] | None = None,
-                    folds: list[dict[str, torch.Tensor]] | None = None, extra: dict[str, Any] | None = None) -> Path:
+                    folds: list[dict[str, torch.Tensor]] | None = None, extra: dict[str, Any] | None = None,
+                    objective: bool = False) -> Path:
     """Write a checkpoint of one model (``state``) or of a trial's fold models (``folds``); returns ``path``.
 
-    ``extra`` (the spec, test metrics, …) is saved with its passwords hidden, whoever the caller.
+    ``extra`` (the spec, test metrics, …) is saved with its passwords hidden, whoever the caller. With
+    ``objective``, ``model`` is a user objective function and the weights are what it passed to
+    ``ctx.save``: the checkpoint records the function, and only the user's code can rebuild the model.
     """
     blob = {
         "format": FORMAT,
@@ -45,7 +48,9 @@ def save_checkpoint(path: Path, *, model: str, params: dict[str, Any], input_sha
         "folds": folds,
         "extra": redact_data(extra or {}),
     }
-    if model not in BUILTIN_FACTORIES:
+    if objective:
+        blob["objective"] = model
+    elif model not in BUILTIN_FACTORIES:
         blob["factory"] = _factory_record(model, params)
     torch.save(blob, path)
     return path
@@ -110,6 +115,11 @@ def model_from_checkpoint(blob: dict[str, Any], fold: int | None = None) -> nn.M
     from hpo.models import build_model
     from hpo.training import Standardized
 
+    if blob.get("objective"):
+        raise HpoError(f"this checkpoint holds the weights that the objective {blob['objective']} passed to ctx.save "
+                       "(blob['state'], or blob['folds'][k] of a trial), and only your code builds that model: build it, "
+                       "then load them with model.load_state_dict(hpo.checkpoint.read_checkpoint(path)['state']); the refit model "
+                       "itself is the study's logged MLflow model (hpo.load_model(PARENT_RUN_ID) loads it)")
     state = blob["state"] if fold is None else blob["folds"][fold]
     factory = blob.get("factory") or {}
     net = build_model(blob["model"], input_shape=tuple(blob["input_shape"]), n_outputs=blob["n_outputs"],
@@ -117,6 +127,24 @@ def model_from_checkpoint(blob: dict[str, Any], fold: int | None = None) -> nn.M
     model = Standardized(net, state["x_mean"], state["x_std"], blob["regression"])
     model.load_state_dict(state)
     return model.eval()
+
+
+def _logged_model(run_id: str, uri: str, what: str) -> nn.Module:
+    """The refit model of a user objective's study: the module logged to MLflow (pickled with its code beside it)."""
+    import mlflow
+
+    from hpo.tracking.models import load_logged
+    from hpo.tracking.names import MODEL_URI_TAG
+
+    model_uri = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise HpoError(f"{what} holds the weights a user objective saved, and its run has no logged model "
+                       f"({MODEL_URI_TAG}) to load them into; load them into your model yourself")
+    try:
+        return load_logged(model_uri, uri)
+    except Exception as exc:
+        raise HpoError(f"the refit model of a user objective ({what}) is the logged MLflow model {model_uri}, "
+                       f"which cannot be loaded here: {type(exc).__name__}: {exc}") from None
 
 
 def load_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
@@ -141,6 +169,8 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
             # a checkpoint that is there but cannot be read safely is an error, not a missing one
             what = f"{name} of run {run_id}"
             blob = read_checkpoint(local, what)
+    if found is not None and blob.get("objective") and name.endswith("best.pt"):
+        return _logged_model(run_id, uri, what)
     if found is not None:
         try:
             return model_from_checkpoint(blob, fold=None if blob["state"] is not None else 0)

@@ -13,6 +13,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,3 +201,27 @@ def run_refit(job: RefitJob, data: Data, x_test: np.ndarray, y_test: np.ndarray)
     metrics = evaluate(learner, test, job.metrics)
     model = learner.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
     return model, metrics
+
+
+def prepare(training: TrainingSet, device: str) -> Any:
+    """What an executor holds to run a study's trials on ``device``: the :class:`FoldData` of hpo's training, or
+    the :class:`~hpo.objective_data.ObjectiveData` of a user objective (``training.objective``)."""
+    if training.objective is not None:
+        from hpo.objective_data import ObjectiveData
+
+        return ObjectiveData.build(training, device)
+    return FoldData.build(training, device)
+
+
+def train(spec: TrialSpec, data: Any, on_epoch: EpochCallback | None, threads: int) -> TrialResult:
+    """Run trial ``spec`` on ``data`` (from :func:`prepare`): :func:`run_trial`, or the user's objective."""
+    if spec.objective:
+        return data.run(spec, on_epoch, threads)
+    return run_trial(spec, data, on_epoch)
+
+
+def refit(job: RefitJob, data: Any, x_test: Any, y_test: Any, threads: int) -> tuple[Any, dict[str, float]]:
+    """The refit of ``job`` on ``data`` (from :func:`prepare`): :func:`run_refit`, or the user's objective's."""
+    if job.objective:
+        return data.refit(job, x_test, y_test, threads)
+    return run_refit(job, data.data, x_test, y_test)

@@ -44,7 +44,7 @@ class SinkConfig:
     tracking_uri: str
     storage_url: str  # Optuna's storage
     study_name: str
-    metric: str
+    key: str  # the epoch metric the pruner sees (Spec.curve_key: val_accuracy, or a user objective's metric)
     pruner: str  # search.pruner
     outage_timeout: float  # tracking.outage_timeout
     spool: str | None = None  # the study's outbox spool folder
@@ -56,10 +56,10 @@ class EpochSink:
     with a :class:`~hpo.trial.Verdict`: go on, prune, or stop (the study is stopping, or the
     tracking server has been gone too long)."""
 
-    def __init__(self, outbox: Any, study: Any, metric: str, flush_s: float = CURVE_FLUSH_S) -> None:
+    def __init__(self, outbox: Any, study: Any, key: str, flush_s: float = CURVE_FLUSH_S) -> None:
         self.outbox = outbox
         self.study = study
-        self.key = f"val_{metric}"
+        self.key = key  # the fold-mean metric reported to Optuna (Spec.curve_key)
         self.flush_s = flush_s
         self.prunes = has_pruner(study)
         self._trials: OrderedDict[int, Any] = OrderedDict()
@@ -81,7 +81,7 @@ class EpochSink:
         study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage_url),
                                   pruner=pruner(config.pruner))
         outbox = curve_log(config.tracking_uri, config.spool, config.outage_timeout)
-        return cls(outbox, study, config.metric)
+        return cls(outbox, study, config.key)
 
     def _trial(self, number: int):
         import optuna
@@ -123,11 +123,12 @@ class EpochSink:
                 if self.outbox.gave_up:
                     self._stop = True
         trial = self._trial(number)
-        if epoch not in trial._cached_frozen_trial.intermediate_values:  # a retried trial re-reports its epochs
-            trial.report(metrics[self.key], epoch)
+        value = metrics.get(self.key)  # a user objective may report an epoch without it: nothing to prune on
+        if value is not None and epoch not in trial._cached_frozen_trial.intermediate_values:  # a retry re-reports
+            trial.report(value, epoch)
         if self._stop:
             return Verdict.STOP
-        return Verdict.PRUNE if self.prunes and trial.should_prune() else Verdict.GO
+        return Verdict.PRUNE if value is not None and self.prunes and trial.should_prune() else Verdict.GO
 
     def end(self, number: int, run_id: str | None) -> None:
         """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet.

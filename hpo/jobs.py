@@ -140,13 +140,8 @@ def _code_to_ship(spec: Any, cwd: Path, spec_file: str) -> list[Path]:
     outside the working directory or holds a link that leaves it."""
     from hpo.usercode import code_folder, load_target
 
-    targets = []
-    if spec.is_factory_model:
-        targets.append(("model.factory", spec.model, "hpo.models"))
-    if getattr(spec.data, "factory", None):
-        targets.append(("data.factory", spec.data.factory, "hpo.data"))
     root, folders = cwd.resolve(), []
-    for key, target, group in targets:
+    for key, target, group in spec.user_code():
         folder = code_folder(load_target(target, spec_path=spec.path, group=group))
         if folder is None:
             continue

@@ -201,7 +201,8 @@ class SearchLoop:
             self.launching = (trial, run_id, params)
             trial.set_user_attr(RUN_ID_ATTR, run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
-                       direction=spec.direction, seed=spec.search.seed, run_id=run_id, pack=self.pack)
+                       direction=spec.direction, seed=spec.search.seed, run_id=run_id, pack=self.pack,
+                       objective=spec.is_objective, keep_weights=spec.tracking.keep_checkpoints > 0)
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
         with self.interrupts.held():
             self.pending[fut] = self.launching
@@ -234,7 +235,8 @@ class SearchLoop:
         if kept and result.checkpoint is not None:
             ds = self.dataset
             with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:  # the outbox keeps its own copy while offline
-                path = save_checkpoint(Path(tmp) / "trial.pt", model=self.spec.model, params=params,
+                path = save_checkpoint(Path(tmp) / "trial.pt", model=self.spec.model, objective=self.spec.is_objective,
+                                       params=params,
                                        input_shape=ds.input_shape, n_outputs=ds.n_classes or 1,
                                        regression=ds.n_classes == 0, folds=result.checkpoint["folds"],
                                        extra={"best_epochs": result.fold_best_epochs, "trial": result.number})

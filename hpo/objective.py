@@ -31,7 +31,12 @@ Objective = Callable[[dict[str, Any], "Fold", "TrialContext"], dict[str, float]]
 
 @dataclass(frozen=True)
 class Split:
-    """One part of a fold: the examples at ``indices`` of the study's training data (``x``, ``y`` arrays)."""
+    """One part of a fold: the examples at ``indices`` of the study's training data.
+
+    ``x`` holds the inputs (an array, or a ``torch.utils.data.Subset`` of the user's Dataset) and ``y``
+    the labels or targets (an array). A split is itself a map-style dataset, so
+    ``DataLoader(fold.train, batch_size=32, shuffle=True)`` works either way: item ``i`` is ``(x[i], y[i])``
+    for arrays, and the Dataset's own item for a Dataset (its items carry their labels)."""
 
     x: Any
     y: Any
@@ -39,6 +44,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.y is None or _is_dataset(self.x):
+            return self.x[i]
+        return self.x[i], self.y[i]
 
 
 @dataclass(frozen=True)

@@ -360,6 +360,8 @@ def study_packing(spec: Any, input_shape: tuple[int, ...], n_outputs: int, devic
     from hpo.models._check import first_params
 
     mode = spec.execution.pack_folds
+    if getattr(spec, "objective", None) is not None:
+        return False, "false: a user objective trains each fold itself"
     if mode is False:
         return False, "false: execution.pack_folds is false"
     params = first_params(spec)

@@ -81,11 +81,18 @@ def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | N
         log.warning("no trial completed; nothing to refit")
         return None
     params = space.resolve(spec, best.params)
-    epochs = refit_epochs(best.user_attrs.get(FOLD_EPOCHS_ATTR), params["epochs"])
-    params = {**params, "epochs": epochs}
+    fold_epochs = best.user_attrs.get(FOLD_EPOCHS_ATTR)
+    if spec.is_objective:  # the mean best epoch where the function reports epochs, else its params as they were
+        epochs = refit_epochs(fold_epochs, 1) if any(fold_epochs or ()) and "epochs" in params else 0
+    else:
+        epochs = refit_epochs(fold_epochs, params["epochs"])
+    if epochs:
+        params = {**params, "epochs": epochs}
     task_metrics = [m for m, info in METRICS.items() if info.task == spec.task]
+    obj = spec.objective
     job = RefitJob(model=spec.model, params=params, epochs=epochs, seed=spec.search.seed * 7 + 1,
-                   direction=spec.direction, metrics=task_metrics)
+                   direction=spec.direction, metrics=task_metrics, objective=obj is not None, metric=spec.metric,
+                   evaluate=obj.evaluate if obj is not None else None)
     model, test_metrics = executor.refit(job, dataset)
     return Refit(model, test_metrics, best, epochs, params)
 
@@ -98,16 +105,25 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
 
     ds, best = dataset, refit.best
     with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:  # the outbox keeps its own copy while offline
-        ckpt = save_checkpoint(Path(tmp) / "best.pt", model=spec.model, params=refit.params,
+        ckpt = save_checkpoint(Path(tmp) / "best.pt", model=spec.model, objective=spec.is_objective,
+                               params=refit.params,
                                input_shape=ds.input_shape, n_outputs=ds.n_classes or 1, regression=ds.n_classes == 0,
                                state=refit.model.state_dict(),
                                extra={"trial": best.number, "test_metrics": refit.test_metrics, "spec": spec.raw,
                                       "seed": spec.search.seed})
         tracker.log_checkpoint(parent_id, ckpt)
-    model_uri = tracker.log_model(refit.model, ds, name=spec.name, factory=spec.model if spec.is_factory_model else None)
+    model_uri = tracker.log_model(refit.model, ds, name=spec.name, code=_model_code(spec))
     tracker.log_result(metric=spec.metric, best=best, refit_epochs=refit.epochs, test_metrics=refit.test_metrics,
                        counts=counts, model_uri=model_uri)
     return model_uri
+
+
+def _model_code(spec: Spec) -> list[Any]:
+    """The user's functions that built the refit model (factory, or objective): their code ships with it."""
+    from hpo.usercode import load_target
+
+    return [load_target(target, spec_path=spec.path, group=group)
+            for key, target, group in spec.user_code() if key in ("model.factory", "objective.function")]
 
 
 def write_study_report(study: Any, tracker: Any, parent_id: str, spec: Spec, dataset: Any, model: Any,

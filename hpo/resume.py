@@ -59,17 +59,21 @@ def resume_key(spec: Spec) -> dict[str, str]:
         key["data.args"] = json.dumps(d.args, sort_keys=True, default=str)
     if not d.standardize:
         key["data.standardize"] = "false"
-    if spec.is_factory_model:  # the factory's code decides what a trial's value means as much as its params
-        key[CODE_KEY] = _factory(spec)[0]
+    if spec.is_factory_model or spec.is_objective:  # the code decides what a trial's value means as its params do
+        key[CODE_KEY] = _training_code(spec)[0]
+    if spec.is_objective:
+        key["objective.metric"] = spec.metric
     return key
 
 
-def _factory(spec: Spec) -> tuple[str, str]:
-    """``(source hash, source file)`` of the spec's model factory (imported when the spec was loaded)."""
+def _training_code(spec: Spec) -> tuple[str, str]:
+    """``(source hash, source file)`` of the spec's model factory or objective function (imported when the
+    spec was loaded)."""
     from hpo.usercode import load_target, source_file, source_hash
 
-    fn = load_target(spec.model, spec_path=spec.path, group="hpo.models")
-    return source_hash(fn) or "no source file", str(source_file(fn) or spec.model)
+    _key, target, group = spec.user_code()[0]
+    fn = load_target(target, spec_path=spec.path, group=group)
+    return source_hash(fn) or "no source file", str(source_file(fn) or target)
 
 
 def check_resume(spec: Spec, user_attrs: dict[str, Any], direction: str | None) -> None:
@@ -97,7 +101,8 @@ def check_resume(spec: Spec, user_attrs: dict[str, Any], direction: str | None) 
         was = "not set" if old is None else repr(old)
         is_ = "nothing (removed)" if new is None else repr(new)
         if k == CODE_KEY and old is not None and new is not None:
-            problems.append((k, f"the model factory's source file {_factory(spec)[1]} changed since the study started "
+            what = "objective function" if spec.is_objective else "model factory"
+            problems.append((k, f"the {what}'s source file {_training_code(spec)[1]} changed since the study started "
                                 f"(its hash was {old}, it is now {new}): trials run with the new code would not "
                                 "compare with the ones before"))
             continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.params import default_value, param_names
 from hpo.spec import Choice, Fixed, Param, Range, Spec
 
 
@@ -40,7 +39,7 @@ def _active(p: Param, values: dict[str, Any]) -> bool:
 
 def _walk(spec: Spec, pick) -> tuple[dict[str, Any], dict[str, Any]]:
     """Go through the space parents-first; ``pick(param)`` gives a varying parameter's value."""
-    values = {name: default_value(name, spec.model) for name in param_names(spec.model)}
+    values = spec.defaults()
     sampled: dict[str, Any] = {}
     for p in _ordered(spec.space):
         if not _active(p, values):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpo._spec_data import DATASETS, TABULAR_DATASETS, check_data
 from hpo._spec_model import check_factory, parse_model
+from hpo._spec_objective import check_objective
 from hpo._spec_rules import (
     MAX_EXPERIMENT_NAME,
     check_budget,
@@ -123,10 +124,20 @@ class TrackingSpec(_Section):
     outage_timeout: float = Field(300.0, gt=0)
 
 
+class ObjectiveSpec(_Section):
+    """``objective:`` — the user's own training step (:mod:`hpo.objective`), instead of ``model:``."""
+
+    function: str  # "module:attr" or an installed hpo.objectives entry point: fit_fold(params, fold, ctx) -> dict
+    metric: str  # the key of the metrics it reports and returns that the search optimises
+    direction: Literal["maximize", "minimize"] | None = None  # required unless hpo knows the metric
+    evaluate: str | None = None  # "module:attr": evaluate(model, test) -> dict, the refit model's test metrics
+
+
 class _RawSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
     data: DataSpec
-    model: Any  # a built-in or entry-point name, or {factory:, params:}: checked by hpo._spec_model
+    model: Any = None  # a built-in or entry-point name, or {factory:, params:}: checked by hpo._spec_model
+    objective: ObjectiveSpec | None = None  # the user's training step instead of a model (hpo._spec_objective)
     search: SearchSpec = SearchSpec()
     cv: CVSpec = CVSpec()
     params: dict[str, Any] = Field(default_factory=dict)
@@ -140,7 +151,7 @@ class Spec:
 
     name: str
     data: DataSpec
-    model: str  # the built-in name, or the model factory's target as written (see is_factory_model)
+    model: str  # the built-in name, the model factory's target as written, or objective.function
     search: SearchSpec
     cv: CVSpec
     execution: ExecutionSpec
@@ -153,6 +164,7 @@ class Spec:
     source: str = ""  # the YAML text as given
     path: str | None = None  # where it was read from
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    objective: ObjectiveSpec | None = None  # the user's training step (then model is objective.function)
 
     @property
     def experiment(self) -> str:
@@ -162,7 +174,39 @@ class Spec:
     @property
     def is_factory_model(self) -> bool:
         """Whether ``model`` is a model factory (user code: ``module:attr`` or an entry point), not a built-in."""
-        return self.model not in MODELS
+        return self.objective is None and self.model not in MODELS
+
+    @property
+    def is_objective(self) -> bool:
+        """Whether trials run the user's own training step (``objective:``) instead of hpo's training."""
+        return self.objective is not None
+
+    def user_code(self) -> list[tuple[str, str, str]]:
+        """``(spec key, target, entry-point group)`` of every function of the user's that the spec names
+        (model factory, objective and its evaluate, data factory): what is hashed, shipped and imported."""
+        out = []
+        if self.is_factory_model:
+            out.append(("model.factory", self.model, "hpo.models"))
+        if self.objective is not None:
+            out.append(("objective.function", self.objective.function, "hpo.objectives"))
+            if self.objective.evaluate:
+                out.append(("objective.evaluate", self.objective.evaluate, "hpo.objectives"))
+        if self.data.factory:
+            out.append(("data.factory", self.data.factory, "hpo.data"))
+        return out
+
+    def defaults(self) -> dict[str, Any]:
+        """The value of every known parameter a spec leaves out: the training table's defaults (none with
+        a user objective, whose ``params:`` are its own)."""
+        if self.objective is not None:
+            return {}
+        return {name: default_value(name, self.model) for name in param_names(self.model)}
+
+    @property
+    def curve_key(self) -> str:
+        """The per-epoch fold-mean metric that trials report and the pruner reads: ``val_<metric>`` for
+        hpo's training, the metric's own name for a user objective (it names what it reports)."""
+        return self.metric if self.objective is not None else f"val_{self.metric}"
 
     @property
     def spec_hash(self) -> str:
@@ -184,7 +228,7 @@ class Spec:
 
     def fixed_params(self) -> dict[str, Any]:
         """Every parameter's value where it does not vary: given fixed values and defaults."""
-        out = {name: default_value(name, self.model) for name in param_names(self.model)}
+        out = self.defaults()
         out.update({p.name: p.value for p in self.space if isinstance(p, Fixed)})
         return out
 
@@ -324,7 +368,15 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple[str, ...] = ()) -> li
 def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = None) -> Spec:
     problems: list[tuple[str, str]] = []
     d = raw.data
-    model, model_params, factory_key = parse_model(raw.model, problems)
+    if raw.objective is not None:
+        model, model_params, factory_key = raw.objective.function, {}, ""
+    elif raw.model is None:
+        problems.append(("model", f"required key is missing: a built-in model ({', '.join(MODELS)}), "
+                         "{factory: 'module:attribute'}, or give objective: {function: 'module:attribute', metric: "
+                         "...} to train with your own function"))
+        model, model_params, factory_key = "mlp", {}, ""
+    else:
+        model, model_params, factory_key = parse_model(raw.model, problems)
 
     # data
     task = check_data(d, problems, source_path)  # a data.factory is imported here, its args checked
@@ -334,16 +386,22 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
 
     # search
     s = raw.search
-    metric, direction = check_metric(s, task, problems)
+    if raw.objective is not None:
+        metric, direction = check_objective(raw.objective, has_model=raw.model is not None, search=s,
+                                            pack_folds=raw.execution.pack_folds, source_path=source_path,
+                                            problems=problems)
+    else:
+        metric, direction = check_metric(s, task, problems)
     check_execution(raw.execution, problems)
     check_tracking(raw.tracking, problems)
 
     # params
     # a factory's keywords first (model.<keyword>), then the training parameters: one space, one grammar
-    space = parse_params({**model_params, **raw.params}, model, problems)
+    space = parse_params({**model_params, **raw.params}, model, problems, free=raw.objective is not None)
     if factory_key and not any(k == "model" or k.startswith("model.") for k, _ in problems):
         space = check_factory(model, factory_key, space, source_path, problems)  # imports the user's module
-    check_ignored_params(raw.params, task, d, problems)
+    if raw.objective is None:
+        check_ignored_params(raw.params, task, d, problems)
     check_budget(s, space, problems)
     n_trials = s.n_trials
 
@@ -353,7 +411,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
     spec = Spec(
         name=raw.name, data=d, model=model, search=s, cv=raw.cv, execution=raw.execution,
         tracking=raw.tracking, space=tuple(space), task=task, metric=metric, direction=direction,
-        n_trials=0, raw=raw_dict,
+        n_trials=0, raw=raw_dict, objective=raw.objective,
     )
     if s.sampler == "grid":
         grid = spec.grid_size or 1
@@ -362,7 +420,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
 
 
 __all__ = [
-    "Spec", "DataSpec", "SearchSpec", "CVSpec", "ExecutionSpec", "TrackingSpec",
+    "Spec", "DataSpec", "ObjectiveSpec", "SearchSpec", "CVSpec", "ExecutionSpec", "TrackingSpec",
     "Fixed", "Range", "Choice", "Param", "load_spec", "parse_spec", "DATASETS", "MODEL_DEFAULTS",
     "MAX_SPEC_BYTES", "MAX_GRID_POINTS", "MAX_SEED", "MAX_EXPERIMENT_NAME", "DEFAULT_TRACKING_URI",
     "file_kind", "same_value",

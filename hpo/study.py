@@ -142,9 +142,10 @@ class StudyRunner:
                                                       parent_id=known_parent)
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_id)
 
-        self.sink = self.tracker.epoch_sink(self.study, spec.metric)
+        self.sink = self.tracker.epoch_sink(self.study, spec.curve_key)
         self.executor = self._executor(TrainingSet(ds.x_train, ds.y_train, ds.n_classes, folds,
-                                                   standardize=spec.data.standardize))
+                                                   standardize=spec.data.standardize,
+                                                   objective=spec.model if spec.is_objective else None))
         self.loop = SearchLoop(spec, self.study, self.tracker, self.executor, ds, interrupts=self.interrupts,
                                progress=self.progress, started=self._started, pack=self.pack)
         for t in requeue_interrupted(self.study):  # on resume: their runs close KILLED, their params run again
@@ -163,7 +164,7 @@ class StudyRunner:
 
         spec = self.spec
         config = SinkConfig(tracking_uri=spec.tracking.uri, storage_url=self.storage_url, study_name=spec.name,
-                            metric=spec.metric, pruner=spec.search.pruner,
+                            key=spec.curve_key, pruner=spec.search.pruner,
                             outage_timeout=spec.tracking.outage_timeout, spool=str(self.tracker.spool))
         executor, self._started_ray = make_executor(spec, training, sink=self.sink, sink_config=config,
                                                     device=self.device, code_dirs=self._code_dirs())
@@ -174,8 +175,7 @@ class StudyRunner:
         from hpo.usercode import search_dirs
 
         spec = self.spec
-        uses_code = spec.is_factory_model or bool(getattr(spec.data, "factory", None))
-        return [str(d) for d in search_dirs(spec.path)] if uses_code else []
+        return [str(d) for d in search_dirs(spec.path)] if spec.user_code() else []
 
     def _target(self, n_trials: int | None) -> int:
         """Finished trials the study should reach (the grid size caps a grid search)."""

@@ -56,6 +56,8 @@ class TrialSpec:
     seed: int
     run_id: str | None = None  # the MLflow child run that receives this trial's curves
     pack: bool = False  # train the k fold models as one stacked model where this trial's params allow it
+    objective: bool = False  # ``model`` is a user objective function (hpo.objective) that trains each fold itself
+    keep_weights: bool = True  # a user objective must call ctx.save (tracking.keep_checkpoints > 0)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class TrainingSet:
     n_classes: int  # 0 for regression
     folds: list[tuple[Any, Any]]  # (train indices, validation indices) per fold
     standardize: bool = True  # whether each fold's learner standardises its inputs (data.standardize)
+    objective: str | None = None  # a user objective's function (objective.function): x may then be a torch Dataset
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ class RefitJob:
     epochs: int
     seed: int
     direction: str
-    metrics: list[str]
+    metrics: list[str]  # the test metrics (hpo's training, and a user objective without evaluate)
+    objective: bool = False  # ``model`` is a user objective function
+    metric: str = ""  # a user objective's metric
+    evaluate: str | None = None  # a user objective's objective.evaluate: its own test metrics
 
 
 def refit_epochs(fold_best_epochs: Sequence[int] | None, default: int) -> int:

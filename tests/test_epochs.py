@@ -20,7 +20,7 @@ def parts(store, tmp_path):
         study = optuna.create_study(storage=storage, pruner=pruner, direction="maximize")
         trial = study.ask()
         run_id = tracker.out.create_run(tracker.experiment_id, "t", {})
-        return EpochSink(tracker.out, study, "accuracy", flush_s=flush_s), study, trial, run_id
+        return EpochSink(tracker.out, study, "val_accuracy", flush_s=flush_s), study, trial, run_id
 
     return tracker.client, make
 

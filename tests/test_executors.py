@@ -110,7 +110,7 @@ def open_stores(folder: Path) -> Stores:
     storage_url = optuna_storage_for(uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=open_storage(storage_url), study_name=STUDY, direction="maximize")
-    config = SinkConfig(tracking_uri=uri, storage_url=storage_url, study_name=STUDY, metric="accuracy",
+    config = SinkConfig(tracking_uri=uri, storage_url=storage_url, study_name=STUDY, key="val_accuracy",
                         pruner="none", outage_timeout=300.0)
     return Stores(config, study, tracker)
 

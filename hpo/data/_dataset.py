@@ -62,7 +62,7 @@ class Dataset:
                 f"Dataset {self.name!r}: x and y lengths differ "
                 f"(train {len(self.x_train)} vs {len(self.y_train)}, test {len(self.x_test)} vs {len(self.y_test)})"
             )
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+        if hasattr(self.x_train, "shape") and self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(
                 f"Dataset {self.name!r}: train and test inputs differ in shape "
                 f"({self.x_train.shape[1:]} vs {self.x_test.shape[1:]})"
@@ -72,12 +72,13 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input: ``(F,)`` for tabular data, ``(C, H, W)`` for images."""
-        return tuple(self.x_train.shape[1:])
+        """Shape of one input: ``(F,)`` for tabular data, ``(C, H, W)`` for images; ``()`` for a torch Dataset
+        (a user objective's data, whose items only its own code reads)."""
+        return tuple(self.x_train.shape[1:]) if hasattr(self.x_train, "shape") else ()
 
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, task={self.task!r}, train={len(self.x_train)}, "
-            f"test={len(self.x_test)}, input_shape={self.input_shape}, x_dtype={self.x_train.dtype}, "
+            f"test={len(self.x_test)}, input_shape={self.input_shape}, x_dtype={getattr(self.x_train, 'dtype', None)}, "
             f"n_classes={self.n_classes}, is_image={self.is_image})"
         )

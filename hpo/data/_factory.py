@@ -2,7 +2,8 @@
 
 Contract: ``load(**data.args)`` returns ``(x, y)``, ``(x_train, y_train, x_test, y_test)`` or a
 dict with those keys (``x``/``x_train``, ``y``/``y_train``, ``x_test``, ``y_test``); the arrays
-are checked by :func:`hpo.data._arrays.dataset_from_arrays`.
+are checked by :func:`hpo.data._arrays.dataset_from_arrays`. For a user objective (``torch_datasets``)
+the inputs may be ``torch.utils.data.Dataset`` objects with label arrays (:mod:`hpo.data._torch`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from hpo.data._arrays import dataset_from_arrays
 from hpo.data._checks import describe
 from hpo.data._dataset import DataKeyError, Dataset
+from hpo.data._torch import dataset_from_torch, is_torch_dataset
 from hpo.errors import DataError
 
 GROUP = "hpo.data"  # the entry-point group of installed data factories
@@ -40,7 +42,7 @@ def _parts(out: Any, source: str) -> dict[str, Any]:
 
 
 def load_factory_dataset(target: str, args: dict[str, Any], *, spec_path: str | Path | None, task: str,
-                         test_size: float, seed: int, folds: int | None = None) -> Dataset:
+                         test_size: float, seed: int, folds: int | None = None, torch_datasets: bool = False) -> Dataset:
     """Import the factory ``target``, call it with ``args`` and check what it returns.
 
     Returns a :class:`Dataset` named ``target``; a test split is split off with ``test_size`` and
@@ -61,7 +63,14 @@ def load_factory_dataset(target: str, args: dict[str, Any], *, spec_path: str | 
     except Exception as exc:  # the user's code: its error, with its message, is the answer
         raise DataKeyError(f"{source} raised {type(exc).__name__}: {exc}", "data.factory") from None
     try:
-        return dataset_from_arrays(_parts(out, source), name=target, source=source, task=task,
+        parts = _parts(out, source)
+        if is_torch_dataset(parts.get("x")):
+            if not torch_datasets:
+                raise DataError(f"{source}: returned a torch Dataset, which only your own training step reads: "
+                                "use objective: {function: ...} to train on it, or return arrays for model:")
+            return dataset_from_torch(parts, name=target, source=source, task=task, test_size=test_size, seed=seed,
+                                      folds=folds)
+        return dataset_from_arrays(parts, name=target, source=source, task=task,
                                    test_size=test_size, seed=seed, folds=folds)
     except DataKeyError:
         raise

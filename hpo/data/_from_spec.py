@@ -29,7 +29,8 @@ def load_spec_dataset(spec: Spec) -> Dataset:
             from hpo.data._factory import load_factory_dataset
 
             return load_factory_dataset(d.factory, dict(d.args), spec_path=spec.path, task=spec.task,
-                                        test_size=d.test_size, seed=spec.search.seed, folds=spec.cv.folds)
+                                        test_size=d.test_size, seed=spec.search.seed, folds=spec.cv.folds,
+                                        torch_datasets=spec.is_objective)
         return load_dataset(d.dataset, path=d.path, target=d.target, task=d.task, test_size=d.test_size,
                             download=d.download, seed=spec.search.seed, folds=spec.cv.folds)
     except DataError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from hpo.crossval import FoldData, run_refit, run_trial
+from hpo.crossval import prepare, refit, train
 from hpo.epochs import EpochSink
 from hpo.trial import RefitJob, TrainingSet, TrialResult, TrialSpec
 
@@ -42,10 +42,10 @@ class LocalExecutor:
                  threads_per_trial: int | None = None) -> None:
         import torch
 
-        self.fold_data = fold_data = FoldData.build(training, device)
+        self.fold_data = prepare(training, device)
         self.sink = sink
         self.max_concurrency = max_concurrency
-        self.where = f"local {fold_data.data.device}"
+        self.where = f"local {device}"
         # concurrent trials share the cores instead of each spinning up a full OpenMP team (on 2 cores,
         # 2 trials x 2 threads made the same run 1-20x slower than 2 x 1, see BENCHMARKS.md)
         self.threads = threads_per_trial or auto_threads(max_concurrency)
@@ -60,7 +60,7 @@ class LocalExecutor:
 
     def _run(self, spec: TrialSpec) -> TrialResult:
         self.sink.begin(spec.number, spec.run_id)
-        result = run_trial(spec, self.fold_data, lambda e, m: self.sink.epoch(spec.number, spec.run_id, e, m))
+        result = train(spec, self.fold_data, lambda e, m: self.sink.epoch(spec.number, spec.run_id, e, m), self.threads)
         result.worker = self.where
         self.sink.end(spec.number, spec.run_id)
         return result
@@ -86,9 +86,10 @@ class LocalExecutor:
         import torch
 
         before = torch.get_num_threads()
-        torch.set_num_threads(max(self.threads, auto_threads(1)))
+        threads = max(self.threads, auto_threads(1))
+        torch.set_num_threads(threads)
         try:
-            return run_refit(job, self.fold_data.data, ds.x_test, ds.y_test)
+            return refit(job, self.fold_data, ds.x_test, ds.y_test, threads)
         finally:
             torch.set_num_threads(before)
 

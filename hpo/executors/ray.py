@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.crossval import FoldData, run_refit, run_trial
+from hpo.crossval import prepare, refit, train
 from hpo.epochs import EpochSink, SinkConfig
 from hpo.errors import HpoError
 from hpo.trial import FAILED, RefitJob, TrainingSet, TrialResult, TrialSpec, Verdict
@@ -39,9 +39,12 @@ class TrialWorker:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        # object-store arrays are read-only; a private copy keeps torch from sharing them
-        training = dataclasses.replace(training, x=np.array(training.x), y=np.array(training.y))
-        self.fold_data = FoldData.build(training, device)
+        # object-store arrays are read-only; a private copy keeps torch from sharing them (a user objective's
+        # torch Dataset arrives as the object it is)
+        if isinstance(training.x, np.ndarray):
+            training = dataclasses.replace(training, x=np.array(training.x), y=np.array(training.y))
+        self.threads = threads
+        self.fold_data = prepare(training, device)
         _warm_up_torch()
         self.sink = sink
         self.prunes = prunes  # without a pruner an epoch needs no answer before the next one starts
@@ -63,7 +66,7 @@ class TrialWorker:
 
     def refit(self, job: RefitJob, x_test: np.ndarray, y_test: np.ndarray) -> tuple:
         """Train the best parameters on all training data here; returns (CPU model, test metrics)."""
-        return run_refit(job, self.fold_data.data, x_test, y_test)
+        return refit(job, self.fold_data, x_test, y_test, self.threads)
 
     def run(self, spec: TrialSpec) -> TrialResult:
         """Run one trial, reporting every epoch to the sink.
@@ -88,7 +91,7 @@ class TrialWorker:
                 ready, unanswered[:] = ray.wait(unanswered, num_returns=len(unanswered), timeout=0)
             return Verdict.STOP if Verdict.STOP in ray.get(ready) else Verdict.GO
 
-        result = run_trial(spec, self.fold_data, on_epoch)
+        result = train(spec, self.fold_data, on_epoch, self.threads)
         result.worker = self.where
         result.attempts = ray.get(attempt_ref) + 1
         ray.get(self.sink.end.remote(spec.number, spec.run_id))  # after every epoch: one caller, in order

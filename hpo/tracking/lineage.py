@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
+# the parent run's tag with the source hash of each kind of user code (the code that trains: hpo.code_hash)
+_CODE_TAGS = {"model.factory": "hpo.code_hash", "objective.function": "hpo.code_hash",
+              "objective.evaluate": "hpo.evaluate_code_hash", "data.factory": "hpo.data_code_hash"}
+
 
 def lineage_tags(spec: Any) -> dict[str, str]:
     """The parent run's lineage tags: spec hash, seed, versions, the user's code hashes, the git commit."""
@@ -23,10 +27,8 @@ def lineage_tags(spec: Any) -> dict[str, str]:
         "optuna.version": optuna.__version__,
         "mlflow.version": mlflow.__version__,
     }
-    for tag, target, group in (("hpo.code_hash", spec.model if spec.is_factory_model else None, "hpo.models"),
-                               ("hpo.data_code_hash", spec.data.factory, "hpo.data")):
-        if target:  # the user's code is part of what the study measured
-            tags[tag] = source_hash(load_target(target, spec_path=spec.path, group=group)) or "no source file"
+    for key, target, group in spec.user_code():  # the user's code is part of what the study measured
+        tags[_CODE_TAGS[key]] = source_hash(load_target(target, spec_path=spec.path, group=group)) or "no source file"
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -222,12 +222,12 @@ class Tracker:
         self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
-    def epoch_sink(self, study: Any, metric: str) -> Any:
+    def epoch_sink(self, study: Any, key: str) -> Any:
         """The :class:`~hpo.epochs.EpochSink` of this study's trials in this process (it logs their
         curves through this tracker's outbox)."""
         from hpo.epochs import EpochSink
 
-        return EpochSink(self.out, study, metric)
+        return EpochSink(self.out, study, key)
 
     # ------------------------------------------------------------------ artifacts
 
@@ -261,12 +261,12 @@ class Tracker:
         self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()],
                            params=new_params, tags=tags)
 
-    def log_model(self, model: Any, dataset: Any, *, name: str, factory: str | None = None) -> str:
+    def log_model(self, model: Any, dataset: Any, *, name: str, code: Any = ()) -> str:
         """Log the refit ``model`` on the parent run and register it as ``name``; returns its URI
         (see :func:`hpo.tracking.models.log_model`)."""
         from hpo.tracking.models import log_model
 
-        return log_model(model, dataset, uri=self.uri, parent_id=self.parent_id, name=name, factory=factory)
+        return log_model(model, dataset, uri=self.uri, parent_id=self.parent_id, name=name, code=code)
 
     def stored_model(self) -> Any:
         """The refit model read back from the parent run's checkpoint, or None."""
