@@ -59,6 +59,11 @@ def check_objective(obj: Any, *, has_model: bool, search: Any, pack_folds: Any, 
     elif obj.direction is None and known_direction(metric) is None:
         problems.append(("objective.direction", f"required: {metric!r} is not a metric hpo knows "
                          f"({', '.join(METRICS)}), so say whether higher is better: maximize or minimize"))
+    elif obj.direction is not None and known_direction(metric) not in (None, obj.direction):
+        natural = known_direction(metric)
+        problems.append(("objective.direction", f"{metric.removeprefix('val_')} is better when "
+                         f"{'higher' if natural == 'maximize' else 'lower'}: direction must be {natural} "
+                         f"(got {obj.direction}), or name your own metric otherwise"))
     _check_function(obj.function, "objective.function", FUNCTION_ARGS, source_path, problems)
     if obj.evaluate is not None:
         _check_function(obj.evaluate, "objective.evaluate", EVALUATE_ARGS, source_path, problems)
