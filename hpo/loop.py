@@ -202,7 +202,8 @@ class SearchLoop:
             trial.set_user_attr(RUN_ID_ATTR, run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
                        direction=spec.direction, seed=spec.search.seed, run_id=run_id, pack=self.pack,
-                       objective=spec.is_objective, keep_weights=spec.tracking.keep_checkpoints > 0)
+                       objective=spec.is_objective, keep_weights=spec.tracking.keep_checkpoints > 0,
+                       fold_by_fold=spec.search.pruner == "wilcoxon")
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
         with self.interrupts.held():
             self.pending[fut] = self.launching

@@ -175,6 +175,38 @@ class Lockstep:
             self.final = self.answer
 
 
+class FoldByFold:
+    """The folds of a trial one after another, each to its end (``search.pruner: wilcoxon``).
+
+    A fold's ``report`` sends its own curves (``fold<k>/<name>``, step = epoch) and answers only ``STOP``
+    (the study is stopping) or ``GO``: there is no fold mean per epoch. When a fold returns, its value
+    goes to ``on_epoch`` at step = the fold's index, what Optuna's ``WilcoxonPruner`` compares between
+    trials; a ``PRUNE`` answer skips the folds left.
+    """
+
+    def __init__(self, metric: str, on_epoch: EpochCallback | None) -> None:
+        self.metric, self.on_epoch = metric, on_epoch
+        self.final: Verdict | None = None
+        self.last_epoch = 0
+
+    def report(self, fold: int, epoch: int, metrics: dict[str, float]) -> Verdict:
+        """Fold ``fold``'s curves after ``epoch``; see the class docstring."""
+        if self.final is not None:
+            return self.final
+        self.last_epoch = max(self.last_epoch, epoch)
+        got = Verdict.GO if self.on_epoch is None else self.on_epoch(epoch, {f"fold{fold}/{k}": v for k, v in metrics.items()})
+        if got is Verdict.STOP:
+            self.final = got
+        return got
+
+    def fold_done(self, fold: int, value: float) -> Verdict:
+        """Fold ``fold`` returned ``value``: the pruner's answer on the trial so far."""
+        got = Verdict.GO if self.on_epoch is None else self.on_epoch(fold, {self.metric: value})
+        if got is not Verdict.GO:
+            self.final = got
+        return got
+
+
 @dataclass
 class TrialContext:
     """What a user objective gets besides its params and fold: where to train and how to talk back.
@@ -192,7 +224,7 @@ class TrialContext:
     fold: int
     direction: str
     metric: str
-    _lockstep: Lockstep | None = None
+    _lockstep: Lockstep | FoldByFold | None = None
     saved: dict[str, Any] | None = None
     module: Any = None  # the refit's saved module
     best_value: float | None = None
@@ -249,15 +281,57 @@ def _fold_seed(spec: TrialSpec, k: int) -> int:
     return spec.seed * 1_000_003 + spec.number * 101 + k  # the built-in folds' seeds (hpo.crossval.run_trial)
 
 
+def _problem(i: int, got: Any, ctx: TrialContext, fn: Objective, metric: str, keep_weights: bool) -> str | None:
+    """Why fold ``i``'s call of ``fn`` (which returned ``got``) fails the trial, or None."""
+    value = got.get(metric) if isinstance(got, dict) else None
+    if value is None:
+        shown = type(got).__name__ if not isinstance(got, dict) else sorted(got)
+        return f"fold {i}: {getattr(fn, '__name__', 'the objective')} returned {shown}, not a dict with {metric!r}"
+    if not math.isfinite(float(value)):
+        return f"fold {i}: {metric} is {float(value)}"
+    if keep_weights and ctx.saved is None:
+        return f"fold {i}: the objective never called ctx.save(model)"
+    return None
+
+
+def _fold_by_fold(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], contexts: list[TrialContext],
+                  seeds: list[int], by_fold: FoldByFold, device: str, threads: int, keep_weights: bool,
+                  returned: list, errors: list) -> str | None:
+    """Run the folds one after another on this thread, each on its own RNG seed; the first problem, or None."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for i, fold in enumerate(folds):
+            try:
+                with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
+                    torch.manual_seed(seeds[i])
+                    returned[i] = fn(dict(spec.params), fold, contexts[i])
+            except BaseException as exc:  # the user's code: its failure is the trial's
+                errors.append((i, exc))
+                return None
+            if by_fold.final is not None:
+                return None
+            problem = _problem(i, returned[i], contexts[i], fn, spec.metric, keep_weights)
+            if problem or by_fold.fold_done(i, float(returned[i][spec.metric])) is not Verdict.GO:
+                return problem
+    finally:
+        torch.set_num_threads(before)
+    return None
+
+
 def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *, device: str = "cpu",
                         threads: int = 1, keep_weights: bool = True,
                         on_epoch: EpochCallback | None = None) -> TrialResult:
     """Run ``fn`` on every fold of ``spec``'s trial, concurrently and in lockstep; never raises.
 
     The folds take turns (:class:`Lockstep`), each on its own torch RNG state, so a trial is reproducible
-    from its seed whatever the function draws. The trial's value is the mean over folds of the metric each call returns. It fails (with the
-    fold and the reason) when a call raises, returns no ``spec.metric`` or a non-finite one, or, with
-    ``keep_weights``, never called ``ctx.save``. A ``PRUNE``/``STOP`` answer ends it pruned/killed.
+    from its seed whatever the function draws; with ``spec.fold_by_fold`` (``search.pruner: wilcoxon``)
+    they run one after another instead (:class:`FoldByFold`). The trial's value is the mean over folds
+    of the metric each call returns. It fails (with the fold and the reason) when a call raises, returns
+    no ``spec.metric`` or a non-finite one, or, with ``keep_weights``, never called ``ctx.save``. A
+    ``PRUNE``/``STOP`` answer ends it pruned/killed.
     """
     import torch
 
@@ -265,11 +339,16 @@ def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *
     result = TrialResult(number=spec.number, state=COMPLETE)
     k = len(folds)
     seeds = [_fold_seed(spec, i) for i in range(k)]
-    lock = Lockstep(seeds, spec.metric, on_epoch, device)
+    lock: Lockstep | FoldByFold = (FoldByFold(spec.metric, on_epoch) if spec.fold_by_fold
+                                   else Lockstep(seeds, spec.metric, on_epoch, device))
     contexts = [TrialContext(device, seeds[i], threads, "bf16" if device == "cuda" else "fp32",
                              False, i, spec.direction, spec.metric, lock) for i in range(k)]
     returned: list[dict[str, float] | None] = [None] * k
     errors: list[tuple[int, BaseException]] = []
+    if isinstance(lock, FoldByFold):
+        problem = _fold_by_fold(spec, fn, folds, contexts, seeds, lock, device, threads, keep_weights,
+                                returned, errors)
+        return _result(result, start, lock, errors, problem, fn, spec, returned, contexts, keep_weights)
 
     def one(i: int) -> None:
         torch.set_num_threads(threads)  # OpenMP settings are per thread; one fold runs at a time
@@ -290,27 +369,32 @@ def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *
         w.start()
     for w in workers:
         w.join()
+    return _result(result, start, lock, errors, None, fn, spec, returned, contexts, keep_weights)
+
+
+def _result(result: TrialResult, start: float, lock: Lockstep | FoldByFold, errors: list, problem: str | None,
+            fn: Objective, spec: TrialSpec, returned: list, contexts: list[TrialContext],
+            keep_weights: bool) -> TrialResult:
+    """The trial's result from what its folds returned, raised and saved (see :func:`run_objective_trial`)."""
     result.epochs_trained = lock.last_epoch
+    after = f"after fold {max(i for i, r in enumerate(returned) if r is not None)}" if isinstance(lock, FoldByFold) \
+        and any(r is not None for r in returned) else f"after epoch {lock.last_epoch}"
     if errors:
         i, exc = min(errors, key=lambda e: e[0])
         result.state, result.reason = FAILED, f"fold {i}: {type(exc).__name__}: {exc}"
+    elif problem:
+        result.state, result.reason = FAILED, problem
     elif lock.final is Verdict.PRUNE:
-        result.state, result.reason = PRUNED, f"pruned after epoch {lock.last_epoch}"
+        result.state, result.reason = PRUNED, f"pruned {after}"
     elif lock.final is Verdict.STOP:
-        result.state, result.reason = KILLED, f"stopped by the study after epoch {lock.last_epoch}"
+        result.state, result.reason = KILLED, f"stopped by the study {after}"
     values = []
     for i, (got, ctx) in enumerate(zip(returned, contexts, strict=True)):
-        value = None if got is None else got.get(spec.metric)
+        value = got.get(spec.metric) if isinstance(got, dict) else None
         if result.state == COMPLETE:
-            if not isinstance(got, dict) or value is None:
-                result.state = FAILED
-                result.reason = (f"fold {i}: {getattr(fn, '__name__', 'the objective')} returned "
-                                 f"{type(got).__name__ if not isinstance(got, dict) else sorted(got)}, not a dict "
-                                 f"with {spec.metric!r}")
-            elif not math.isfinite(float(value)):
-                result.state, result.reason = FAILED, f"fold {i}: {spec.metric} is {float(value)}"
-            elif keep_weights and ctx.saved is None:
-                result.state, result.reason = FAILED, f"fold {i}: the objective never called ctx.save(model)"
+            problem = _problem(i, got, ctx, fn, spec.metric, keep_weights)
+            if problem:
+                result.state, result.reason = FAILED, problem
         values.append(float(value) if value is not None else ctx.best_value)
     if all(v is not None for v in values) and result.state in (COMPLETE, PRUNED, KILLED):
         result.fold_values = [float(v) for v in values]

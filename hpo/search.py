@@ -111,6 +111,12 @@ def pruner(name: str):
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if name == "wilcoxon":  # compares a trial's fold values with the best trial's, fold by fold (a user objective)
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.6; the spec key is what users rely on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
     return optuna.pruners.NopPruner()

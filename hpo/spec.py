@@ -82,7 +82,7 @@ class SearchSpec(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     metric: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    pruner: Literal["none", "median", "successive_halving", "hyperband", "wilcoxon"] = "none"
     max_failures: int | None = Field(None, ge=1)  # stop the study after this many failed trials (none = never)
 
 
@@ -392,6 +392,10 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
                                             problems=problems)
     else:
         metric, direction = check_metric(s, task, problems)
+        if s.pruner == "wilcoxon":
+            problems.append(("search.pruner", "wilcoxon compares trials fold by fold, which only a user objective "
+                             "(objective:) does; hpo's training runs its folds in lockstep and reports their mean per "
+                             "epoch: use median, successive_halving or hyperband"))
     check_execution(raw.execution, problems)
     check_tracking(raw.tracking, problems)
 

@@ -58,6 +58,7 @@ class TrialSpec:
     pack: bool = False  # train the k fold models as one stacked model where this trial's params allow it
     objective: bool = False  # ``model`` is a user objective function (hpo.objective) that trains each fold itself
     keep_weights: bool = True  # a user objective must call ctx.save (tracking.keep_checkpoints > 0)
+    fold_by_fold: bool = False  # a user objective's folds one after another, each fold's value to the pruner (wilcoxon)
 
 
 @dataclass

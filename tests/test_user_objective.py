@@ -436,3 +436,64 @@ def _mid_trial(db: Path) -> bool:
                                     "t.trial_id where t.state = 'RUNNING'").fetchall())
     except sqlite3.Error:
         return False
+
+
+# --------------------------------------------------------------------------- WilcoxonPruner: fold by fold
+
+BY_FOLD = '''
+from pathlib import Path
+
+from torch import nn
+
+
+def fit_fold(params, fold, ctx):
+    with open(Path(__file__).parent / "folds.log", "a") as log:
+        log.write(f"{params['quality']} {fold.index}\\n")
+    for epoch in (1, 2):
+        ctx.report(epoch, {"score": params["quality"] + 0.01 * fold.index * epoch})
+    ctx.save(nn.Linear(4, 3))
+    return {"score": params["quality"] + 0.01 * fold.index}
+'''
+
+
+def test_the_wilcoxon_pruner_runs_folds_one_after_another_and_skips_the_rest_of_a_worse_trial(tmp_path):
+    module = f"byfold_{next(_ids)}_{os.getpid()}"
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    spec = f"""
+    name: byfold
+    data: {{dataset: iris}}
+    objective: {{function: {module}:fit_fold, metric: score, direction: maximize}}
+    search: {{sampler: random, n_trials: 6, seed: 1, pruner: wilcoxon}}
+    cv: {{folds: 5}}
+    tracking: {{report: false, uri: '{store}'}}
+    params:
+      quality: [0.9, 0.1]
+    """
+    folder = _project(tmp_path, BY_FOLD, spec, module)
+    result = hpo.run(folder / "spec.yaml")
+    runs = [line.split() for line in (folder / "folds.log").read_text().splitlines()]
+    assert runs[-1] == ["0.9", "-1"] and ["0.9", "-1"] not in runs[:-1]  # then the refit on all training data
+    runs = runs[:-1]
+    # folds in order, each to its end before the next begins
+    per_trial, current = [], []
+    for quality, k in runs:
+        if k == "0" and current:
+            per_trial.append(current)
+            current = []
+        current.append((float(quality), int(k)))
+    per_trial.append(current)
+    assert all([k for _q, k in t] == list(range(len(t))) for t in per_trial)
+    study = optuna.load_study(study_name="byfold", storage=optuna_storage_for(store))
+    trials = study.get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(t.params["quality"] == 0.1 for t in pruned), [(t.params, t.state) for t in trials]
+    for t in pruned:  # the fold values so far, at step = fold index; the folds left were not run
+        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+        assert len(t.intermediate_values) < 5 and t.user_attrs["reason"].startswith("pruned after fold")
+    best = study.best_trial
+    assert best.params["quality"] == 0.9 and sorted(best.intermediate_values) == [0, 1, 2, 3, 4]
+    client = _client(store)
+    run = next(r for r in result.trials if r.number == best.number)
+    child = client.search_runs([client.get_experiment_by_name("byfold").experiment_id],
+                               filter_string=f"tags.`hpo.trial` = '{run.number}'")[0]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "fold3/score")] == [1, 2]
