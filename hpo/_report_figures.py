@@ -189,8 +189,9 @@ def curve_figures(study: Any, trials: list[Any], metric: str, plt: Any) -> tuple
     return fig, f
 
 
-def _predict(model: Any, x: Any, batch: int = 1024) -> Any:
-    """Model outputs on ``x`` (numpy), batched, on the model's device, as a float numpy array."""
+def model_outputs(model: Any, x: Any, batch: int = 1024) -> Any:
+    """Model outputs on ``x``, batched, on the model's device, as a float numpy array: ``x`` is an array, or
+    a torch Dataset of ``(input, target)`` items (a user objective's data; the input may be a tuple)."""
     import numpy as np
     import torch
 
@@ -203,7 +204,12 @@ def _predict(model: Any, x: Any, batch: int = 1024) -> Any:
     outs = []
     try:
         with torch.no_grad():
-            for i in range(0, len(x), batch):
+            if not isinstance(x, np.ndarray):
+                for items in torch.utils.data.DataLoader(x, batch_size=batch):
+                    inputs = items[0] if isinstance(items, (tuple, list)) else items
+                    inputs = torch.utils._pytree.tree_map(lambda t: t.to(device), inputs)  # a tensor or a tuple of them
+                    outs.append(model(inputs).float().cpu().numpy())
+            for i in range(0, len(x) if isinstance(x, np.ndarray) else 0, batch):
                 xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device)
                 outs.append(model(xb).float().cpu().numpy())
     finally:
@@ -225,7 +231,7 @@ def confusion_figures(model: Any, dataset: Any, metric: str, plt: Any) -> tuple[
     import numpy as np
     import plotly.graph_objects as go
 
-    logits = _predict(model, dataset.x_test)
+    logits = model_outputs(model, dataset.x_test)
     if logits.ndim != 2 or len(logits) == 0:
         raise Skip(f"the model's outputs have shape {logits.shape}, expected (N, classes)")
     n = max(int(dataset.n_classes), logits.shape[1])
@@ -268,7 +274,7 @@ def regression_figures(model: Any, dataset: Any, metric: str, plt: Any) -> tuple
     import numpy as np
     import plotly.graph_objects as go
 
-    pred = _predict(model, dataset.x_test).reshape(-1)
+    pred = model_outputs(model, dataset.x_test).reshape(-1)
     y = np.asarray(dataset.y_test, dtype=np.float64).reshape(-1)
     if len(pred) != len(y) or len(y) == 0:
         raise Skip(f"{len(pred)} predictions for {len(y)} test targets")

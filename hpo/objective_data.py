@@ -82,32 +82,17 @@ class ObjectiveData:
         return module, default_test(module, test, self.n_classes, job.metrics)
 
 
-def _outputs(module: Any, x: Any) -> np.ndarray:
-    """``module``'s outputs on ``x``: an array in batches, or a Dataset of ``(input, target)`` items."""
-    import torch
-
-    with torch.no_grad():
-        if isinstance(x, np.ndarray):
-            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            return torch.cat([module(xt[i:i + 1024]).float() for i in range(0, len(xt), 1024)]).numpy()
-        loader = torch.utils.data.DataLoader(x, batch_size=256, shuffle=False)
-        outs = []
-        for batch in loader:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            outs.append(module(inputs).float())
-        return torch.cat(outs).numpy()
-
-
 def default_test(module: Any, test: Split, n_classes: int, metrics: Sequence[str]) -> dict[str, float]:
     """The task's test metrics of a refit module that maps inputs to class logits (or to predictions in
     target units): what hpo measures when the spec has no ``objective.evaluate``. A module whose outputs
     are not that (several inputs, a dict) gets no test metrics and a warning naming the fix."""
     import torch
 
+    from hpo._report_figures import model_outputs
     from hpo.metrics import compute_metric
 
     try:
-        out = _outputs(module, test.x)
+        out = model_outputs(module, test.x)
         if n_classes:
             out = torch.softmax(torch.from_numpy(out).reshape(len(out), -1), dim=1).numpy()
         else:

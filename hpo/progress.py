@@ -31,7 +31,8 @@ class StudyProgress:
     def start(self, spec: Any, total: int, done: int) -> None:
         """Begin drawing for a study of ``total`` trials, ``done`` of them already finished."""
         self.metric = spec.metric
-        self.console.print(f"[bold]{spec.name}[/]: {spec.model} on {spec.data.label}, {spec.search.sampler} "
+        what = f"objective {spec.model}" if getattr(spec, "is_objective", False) else spec.model
+        self.console.print(f"[bold]{spec.name}[/]: {what} on {spec.data.label}, {spec.search.sampler} "
                            f"sampler, {spec.cv.folds}-fold CV, metric {spec.metric} ({spec.direction})")
         self._progress = Progress(
             TextColumn("[bold blue]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),

@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     _check_artifacts_writable(run.info.artifact_uri, args.name)
     spec = _spec_of(client, run_id)
     metric = run.data.params.get("metric") or (spec.metric if spec is not None else None)
-    if metric not in METRICS:
+    if metric not in METRICS and not (spec is not None and spec.is_objective):
         raise HpoError(f"the parent run {run_id} of {args.name!r} names no known metric (params.metric = {metric!r})")
     task = spec.task if spec is not None else METRICS[metric].task
     model, dataset = (None, None) if args.no_model else _model_and_data(spec, run_id, uri)

@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
     built = _check_model(spec) if spec.is_factory_model else None  # before any output: an error prints only itself
     console = Console()
     console.print(f"[green]ok[/]: {args.spec}")
-    console.print(f"study [bold]{spec.name}[/]: {spec.model} on {spec.data.label} ({spec.task}), "
+    what = f"objective {spec.model}" if spec.is_objective else spec.model
+    console.print(f"study [bold]{spec.name}[/]: {what} on {spec.data.label} ({spec.task}), "
                   f"{spec.search.sampler} sampler, {spec.n_trials} trials, {spec.cv.folds}-fold CV, "
                   f"metric {spec.metric} ({spec.direction}), pruner {spec.search.pruner}, seed {spec.search.seed}")
     if spec.data.factory:
