@@ -133,7 +133,7 @@ def run_hpo(epochs: int, n_trials: int, concurrency: int, factory: bool = False)
         t.wrap(optuna, "create_study", "optuna_create_study")
         t.wrap(optuna, "get_all_study_summaries", "optuna_list_studies")
         t.wrap(ht, "lineage_tags", "lineage_git")
-        t.wrap(local, "run_trial", "trial_run")
+        t.wrap(local, "train", "trial_run")  # crossval.train: run_trial, or a user objective
         t.wrap(EpochSink, "epoch", "epoch_sink")
         t.wrap(EpochSink, "end", "epoch_sink")  # the trial's last curve batch
         t.wrap(local.LocalExecutor, "refit", "refit_training")

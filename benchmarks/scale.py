@@ -96,7 +96,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
         uri = f"sqlite:///{tmp}/mlflow.db"
         spec = parse_spec(SPEC.replace("SAMPLER", sampler).replace("NTRIALS", str(n_trials)))
         for owner, attr, name in ((hl.SearchLoop, "_launch", "launch"), (hl.SearchLoop, "_finish", "finish"),
-                                  (local, "run_trial", "run_trial"), (EpochSink, "epoch", "sink"),
+                                  (local, "train", "run_trial"), (EpochSink, "epoch", "sink"),
                                   (EpochSink, "end", "sink_end"),
                                   (optuna.Study, "ask", "ask"), (optuna.Study, "tell", "tell"),
                                   (ht.Tracker, "start_trial", "start_trial"), (ht.Tracker, "end_trial", "end_trial"),

@@ -15,8 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_spec", "run", "load_model", "StudyResult", "Spec", "Fold", "TrialContext",
-           "Verdict", "GO", "PRUNE", "STOP"]
+__all__ = ["__version__", "load_spec", "run", "load_model", "StudyResult", "Spec", "Fold", "Split",
+           "TrialContext", "Verdict", "GO", "PRUNE", "STOP"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
         from hpo import spec
 
         return getattr(spec, name)
-    if name in ("Fold", "TrialContext"):  # a user objective's arguments (hpo.objective)
+    if name in ("Fold", "Split", "TrialContext"):  # a user objective's arguments (hpo.objective)
         from hpo import objective
 
         return getattr(objective, name)

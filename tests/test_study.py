@@ -132,13 +132,13 @@ def test_setup_objects_are_kept_out_of_gc_during_the_study_and_a_callers_freeze_
     import hpo.executors.local as local
 
     seen = []
-    real = local.run_trial
+    real = local.train
 
     def observed(*args, **kwargs):
         seen.append(gc.get_freeze_count())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(local, "run_trial", observed)
+    monkeypatch.setattr(local, "train", observed)
     gc.unfreeze()
     hpo.run(iris_spec(write_spec, name="gc", n_trials=2, params={"epochs": "1"}), tracking_uri=store)
     assert len(seen) == 2 and min(seen) > 10_000  # the set-up's objects were frozen while trials trained

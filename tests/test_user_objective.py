@@ -497,3 +497,28 @@ def test_the_wilcoxon_pruner_runs_folds_one_after_another_and_skips_the_rest_of_
     child = client.search_runs([client.get_experiment_by_name("byfold").experiment_id],
                                filter_string=f"tags.`hpo.trial` = '{run.number}'")[0]
     assert [m.step for m in client.get_metric_history(child.info.run_id, "fold3/score")] == [1, 2]
+
+
+def test_submit_ships_the_objective_and_evaluate_modules_and_refuses_one_outside(tmp_path, monkeypatch):
+    from hpo.jobs import package
+
+    tag = f"{next(_ids)}_{os.getpid()}"
+    train, score, far = f"subtrain_{tag}", f"subscore_{tag}", f"subfar_{tag}"
+    proj, outside = tmp_path / "proj", tmp_path / "outside"
+    proj.mkdir()
+    outside.mkdir()
+    (proj / f"{train}.py").write_text(textwrap.dedent(GOOD))
+    (proj / f"{score}.py").write_text(textwrap.dedent(GOOD))
+    (outside / f"{far}.py").write_text(textwrap.dedent(GOOD))
+    spec = ("name: x\ndata: {dataset: iris}\nsearch: {n_trials: 1}\n"
+            "objective: {function: %s:fit_fold, metric: val_acc, direction: maximize, evaluate: %s:evaluate}\n")
+    (proj / "near.yaml").write_text(spec % (train, score))
+    monkeypatch.chdir(proj)
+    work = tmp_path / "job"
+    work.mkdir()
+    assert package("near.yaml", work, proj) == "near.yaml"
+    assert sorted(p.name for p in work.iterdir()) == sorted(["near.yaml", f"{train}.py", f"{score}.py"])
+    (proj / "far.yaml").write_text(spec % (far, score))
+    monkeypatch.syspath_prepend(str(outside))  # importable here, but not from the folder being submitted
+    with pytest.raises(SpecError, match=f"objective.function: {far}:fit_fold comes from .*outside the working"):
+        package("far.yaml", tmp_path / "job2", proj)
