@@ -23,7 +23,9 @@ from hpo import space
 from hpo.metrics import is_better
 from hpo.redact import redact
 from hpo.search import tell
+from hpo.stop_rules import PLATEAU, TARGET, StopRules
 from hpo.trial import COMPLETE, FAILED, INTERRUPTED_ATTR, KILLED, RUN_ID_ATTR, TrialResult, TrialSpec
+from hpo.warm_start import SOURCE_ATTR
 
 log = logging.getLogger("hpo")
 
@@ -99,6 +101,7 @@ class SearchLoop:
         self.topk = TopK(spec.tracking.keep_checkpoints, spec.direction)
         self.best_run: str | None = None
         self.best_value: float | None = None
+        self.rules = StopRules(spec.search.stop, spec.direction, spec.metric)
 
     # ------------------------------------------------------------------ state carried over on resume
 
@@ -112,6 +115,10 @@ class SearchLoop:
                     self.best_value, self.best_run = t.value, run_id
         if self.best_run is not None:  # a crash between tell and the tag move left it elsewhere, or nowhere
             self.tracker.repair_best(self.best_run)
+
+    def know_finished(self, trials: list[Any]) -> None:
+        """Replay the stored finished trials into the stop rules (a resumed study)."""
+        self.rules.replay(trials)
 
     # ------------------------------------------------------------------ stopping
 
@@ -130,10 +137,26 @@ class SearchLoop:
             self.progress.message(f"the tracking server {redact(self.spec.tracking.uri)} has not answered for "
                                   f"{self.tracker.grace_s:.0f}s ({self.tracker.last_error}): stopping; "
                                   "running trials stop after their epoch")
+        elif reason in (TARGET, PLATEAU):
+            self.progress.message(f"stopping early, {self.rules.describe(reason)}: no new trials")
         elif reason == FAILURES:
             failed = sum(r.state == FAILED for r in self.results)
             self.progress.message(f"{failed} trials failed (search.max_failures = {self.spec.search.max_failures}): "
                                   "no new trials")
+
+    def stop_reason(self, target: int) -> str | None:
+        """Why the search ended, for the summary and the parent run (None after a signal or lost tracking)."""
+        first = self.stops.first
+        if first in (TARGET, PLATEAU):
+            return self.rules.describe(first)
+        if first == FAILURES:
+            return f"failures: {sum(r.state == FAILED for r in self.results)} trials failed (search.max_failures = " \
+                   f"{self.spec.search.max_failures})"
+        if first == TIMEOUT:
+            return f"timeout: search.timeout of {self.spec.search.timeout:g} s reached"
+        if first is None:
+            return f"budget: {target} finished trials"
+        return None
 
     @property
     def tracking_lost(self) -> bool:
@@ -150,6 +173,10 @@ class SearchLoop:
         timeout = self.spec.search.timeout
         if timeout is not None and time.perf_counter() >= self.started + timeout:
             self.stop(TIMEOUT)
+            return False
+        rule = self.rules.reason()
+        if rule is not None:
+            self.stop(rule)
             return False
         return True
 
@@ -197,7 +224,7 @@ class SearchLoop:
             self.launching = (trial, None, None)
             sampled = space.suggest(trial, spec)
             params = space.resolve(spec, sampled)
-            run_id = self.tracker.start_trial(trial.number, params, sampled)
+            run_id = self.tracker.start_trial(trial.number, params, sampled, source=trial.user_attrs.get(SOURCE_ATTR))
             self.launching = (trial, run_id, params)
             trial.set_user_attr(RUN_ID_ATTR, run_id)
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
@@ -216,6 +243,8 @@ class SearchLoop:
                 self.stop(TRACKING)
             result.reason = f"interrupted ({WHY[self.stops.halting or SIGNAL]}); re-queued on --resume"
         tell(self.study, trial, result)
+        if result.state != KILLED:  # an interrupted trial re-runs: it is not finished
+            self.rules.observe(result.value if result.state == COMPLETE else None)
         self.tracker.end_trial(run_id, result, self.spec.metric)
         if result.state == COMPLETE and result.value is not None:
             self._keep_checkpoint(result, run_id, params)

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -81,6 +82,8 @@ def summary_table(result: Any) -> Table:
     for k, v in result.test_metrics.items():
         t.add_row(f"test {k}", f"{v:.4f}")
     t.add_row("trials", ", ".join(f"{v} {k}" for k, v in result.counts.items()))
+    if getattr(result, "stop_reason", None):
+        t.add_row("stopped by", escape(result.stop_reason))
     t.add_row("wall time", f"{result.duration_s:.1f} s")
     t.add_row("MLflow parent run", result.parent_run_id)
     if result.model_uri:

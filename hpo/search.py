@@ -26,22 +26,41 @@ from hpo.trial import (
 
 
 def make_sampler(spec: Spec, concurrency: int):
-    """The Optuna sampler of ``spec``: grid, random or TPE (constant liar when trials run concurrently).
+    """The Optuna sampler of ``spec``: grid, random, TPE, GP, CMA-ES or QMC, with ``search.sampler_options``.
 
-    Seeded from ``search.seed``; a process that joins a study which already has trials (a resume,
-    or a second process sharing the work) re-seeds from its first trial's number, so it draws new
-    points instead of replaying the ones the stored trials already tried (:func:`_continuing`).
+    Concurrent trials get different points: TPE's constant liar (on when trials run concurrently),
+    GP's own treatment of running trials, CMA-ES's draws from its population, QMC's next points of
+    the sequence. Seeded from ``search.seed``; a process that joins a study which already has trials
+    (a resume, or a second process sharing the work) re-seeds from its first trial's number, so it
+    draws new points instead of replaying the ones the stored trials already tried (:func:`_continuing`).
     """
+    import warnings
+
     import optuna
 
-    seed = spec.search.seed
-    if spec.search.sampler == "grid":
+    from hpo._spec_search import sampler_options
+
+    seed, name = spec.search.seed, spec.search.sampler
+    options = sampler_options(name, spec.search.sampler_options)
+    if name == "grid":
         return _continuing(_grid_sampler_class())(space.grid(spec), seed=seed)
-    if spec.search.sampler == "random":
+    if name == "random":
         return _continuing(optuna.samplers.RandomSampler)(seed=seed)
     startup = min(10, max(4, spec.n_trials // 3))  # short studies still get a model-guided phase
-    return _continuing(optuna.samplers.TPESampler)(seed=seed, n_startup_trials=startup,
-                                                   constant_liar=concurrency > 1)
+    with warnings.catch_warnings():  # multivariate, with_margin, ...: experimental in Optuna, offered by hpo
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "gp":
+            options.setdefault("n_startup_trials", startup)
+            return _continuing(optuna.samplers.GPSampler)(seed=seed, warn_independent_sampling=False, **options)
+        if name == "cmaes":
+            return _continuing(optuna.samplers.CmaEsSampler)(seed=seed, warn_independent_sampling=False, **options)
+        if name == "qmc":  # its position in the sequence is kept in the study: nothing to re-seed
+            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False,
+                                              warn_asynchronous_seeding=False, **options)
+        options.setdefault("n_startup_trials", startup)
+        if options.get("constant_liar") is None:
+            options["constant_liar"] = concurrency > 1
+        return _continuing(optuna.samplers.TPESampler)(seed=seed, **options)
 
 
 def derived_seed(seed: int, number: int) -> int:
@@ -55,8 +74,9 @@ def _continuing(cls):
     """``cls`` whose random state, at the first trial this process asks for, is re-seeded from that
     trial's number when the study already had trials. A fresh study keeps ``search.seed``'s draws.
 
-    Optuna keeps a sampler's random state in ``_rng`` (and TPE's start-up sampler in
-    ``_random_sampler``); if a later Optuna moves them, ``reseed_rng()`` still gives new draws.
+    Optuna keeps a sampler's random state in ``_rng`` (CMA-ES: ``_cma_rng``) and that of the sampler
+    it starts with in ``_random_sampler`` (TPE) or ``_independent_sampler``; if a later Optuna moves
+    them, ``reseed_rng()`` still gives new draws.
     """
 
     class Continuing(cls):
@@ -72,8 +92,10 @@ def _continuing(cls):
             super().before_trial(study, trial)
 
         def _reseed(self, seed: int) -> None:
-            for i, sampler in enumerate((self, getattr(self, "_random_sampler", None))):
-                rng = getattr(getattr(sampler, "_rng", None), "rng", None)
+            inner = getattr(self, "_random_sampler", None) or getattr(self, "_independent_sampler", None)
+            for i, sampler in enumerate((self, inner)):
+                state = getattr(sampler, "_rng", None) or getattr(sampler, "_cma_rng", None)
+                rng = getattr(state, "rng", None)
                 if rng is not None:
                     rng.seed((seed + i) % 2**32)
                 elif sampler is not None:
@@ -166,6 +188,12 @@ def open_study(spec: Spec, storage: Any, storage_url: str, *, resume: bool, conc
         study.set_user_attr(KEY_ATTR, resume_key(spec))
     study.set_user_attr("hpo.spec_hash", spec.spec_hash)
     study.set_user_attr(METRIC_ATTR, spec.metric)
+    if study.metric_names != [spec.metric]:  # optuna-dashboard and Optuna's plots say the metric's name
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])
     return study
 
 

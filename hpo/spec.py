@@ -10,7 +10,6 @@ grid search) in :mod:`hpo._spec_rules`, the store URI rules in :mod:`hpo.store_u
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hpo._spec_data import DATASETS, TABULAR_DATASETS, check_data
 from hpo._spec_model import check_factory, parse_model
 from hpo._spec_objective import check_objective
+from hpo._spec_problems import MAX_SEED, pydantic_problems
 from hpo._spec_rules import (
     MAX_EXPERIMENT_NAME,
     check_budget,
@@ -29,13 +29,20 @@ from hpo._spec_rules import (
     check_metric,
     check_tracking,
 )
+from hpo._spec_search import (
+    StopSpec,
+    WarmStartSpec,
+    check_enqueue,
+    check_sampler,
+    check_stop,
+    check_warm_start,
+)
 from hpo._spec_space import (
     MAX_GRID_POINTS,
     Choice,
     Fixed,
     Param,
     Range,
-    closest,
     parse_params,
     same_value,
 )
@@ -44,7 +51,6 @@ from hpo.errors import SpecError
 from hpo.params import MODEL_DEFAULTS, MODELS, default_value, param_names
 from hpo.store_uris import store_uri_problem
 
-MAX_SEED = 2**32 - 1  # numpy's and the fold splitter's seeds are 32-bit
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 # --------------------------------------------------------------------------- sections
@@ -76,7 +82,8 @@ class DataSpec(_Section):
 class SearchSpec(_Section):
     """``search:`` — sampler, budget, objective."""
 
-    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    sampler: Literal["grid", "random", "tpe", "gp", "cmaes", "qmc"] = "tpe"
+    sampler_options: dict[str, Any] = Field(default_factory=dict)  # per sampler (hpo._spec_search)
     n_trials: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -84,6 +91,9 @@ class SearchSpec(_Section):
     direction: Literal["maximize", "minimize"] | None = None
     pruner: Literal["none", "median", "successive_halving", "hyperband", "wilcoxon"] = "none"
     max_failures: int | None = Field(None, ge=1)  # stop the study after this many failed trials (none = never)
+    enqueue: list[Any] = Field(default_factory=list)  # configurations tried first ({name: value}), checked vs params
+    warm_start: WarmStartSpec | None = None  # the best configurations of another study, tried first
+    stop: StopSpec | None = None  # stop early: target reached, or no improvement for plateau_trials
 
 
 class CVSpec(_Section):
@@ -267,7 +277,7 @@ def _validated(section: str, current: _Section, update: dict[str, Any], problems
         new = type(current).model_validate({**current.model_dump(), **update})
     except ValidationError as exc:
         problems.extend((path, f"{rule} (from --{flags[path.split('.')[1]].replace('_', '-')})")
-                        for path, rule in _pydantic_problems(exc, prefix=(section,)))
+                        for path, rule in pydantic_problems(exc, _RawSpec, prefix=(section,)))
         return current
     if section == "tracking":
         rule = store_uri_problem(new.uri, "tracking")
@@ -310,7 +320,7 @@ def parse_spec(text: str, source_path: str | None = None) -> Spec:
     try:
         parsed = _RawSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc)) from None
+        raise SpecError(pydantic_problems(exc, _RawSpec)) from None
     spec = _resolve(parsed, raw, source_path)
     return _dc_replace(spec, source=text, path=source_path)
 
@@ -319,50 +329,6 @@ def _dc_replace(spec: Spec, **kw: Any) -> Spec:
     import dataclasses
 
     return dataclasses.replace(spec, **kw)
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = _RawSpec
-    for part in loc:
-        fld = model.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(fld, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            return None
-    return model
-
-
-def _pydantic_problems(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    problems = []
-    for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
-        path = ".".join(str(p) for p in loc)
-        kind = err["type"]
-        value = err.get("input")
-        if kind == "extra_forbidden":
-            parent = _model_at(loc[:-1])
-            valid = list(parent.model_fields) if parent else []
-            rule = f"unknown key; valid keys here: {', '.join(valid)}{closest(loc[-1], valid)}"
-        elif kind == "missing":
-            rule = "required key is missing"
-        elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            options = re.findall(r"'([^']*)'", expected)
-            rule = f"must be one of {', '.join(options)} (got {value!r}){closest(value, options)}"
-        elif kind == "string_pattern_mismatch" and path == "name":
-            rule = f"must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit (got {value!r})"
-        elif kind in ("model_type", "dict_type"):
-            rule = f"must be a mapping of keys (got {type(value).__name__} {value!r})"
-        elif path == "search.seed" and kind in ("greater_than_equal", "less_than_equal"):
-            rule = f"must be an integer from 0 to {MAX_SEED} (seeds are 32-bit) (got {value!r})"
-        else:
-            msg = err["msg"]
-            msg = msg[0].lower() + msg[1:] if msg else msg
-            msg = msg.replace("input should be", "must be").replace("Input should be", "must be")
-            rule = f"{msg} (got {value!r})"
-        problems.append((path, rule))
-    return problems
 
 
 def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = None) -> Spec:
@@ -407,6 +373,11 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
     if raw.objective is None:
         check_ignored_params(raw.params, task, d, problems)
     check_budget(s, space, problems)
+    check_sampler(s.sampler, s.sampler_options, space, problems)
+    check_enqueue(s.enqueue, s.sampler, space, {p.name: p.value for p in space if isinstance(p, Fixed)},
+                  s.n_trials, problems)
+    check_stop(s.stop, problems)
+    check_warm_start(s.warm_start, raw.name, s.sampler, problems)
     n_trials = s.n_trials
 
     if problems:

@@ -49,6 +49,7 @@ class StudyResult:
     spool: str | None = None
     tracking_uri: str = ""
     tracking_failed: str | None = None  # writes the tracking store refused (kept in the spool): what and why
+    stop_reason: str | None = None  # why the search stopped proposing trials ("budget: ...", "target: ...", ...)
 
 
 def resolve_device(requested: str) -> str:
@@ -104,6 +105,7 @@ class StudyRunner:
             store_lock,
             study_settings,
         )
+        from hpo.warm_start import enqueue_first, warm_start_configs
 
         spec = self.spec
         self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
@@ -128,8 +130,12 @@ class StudyRunner:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with store_lock(spec.tracking.uri):
-            self.study = open_study(spec, open_storage(self.storage_url), self.storage_url, resume=self.resume,
+            storage = open_storage(self.storage_url)
+            # the other study of a warm start is checked before this one is created: a mismatch writes nothing
+            warm = warm_start_configs(spec, storage) if not self.resume else []
+            self.study = open_study(spec, storage, self.storage_url, resume=self.resume,
                                     concurrency=spec.execution.max_concurrent_trials)
+            enqueue_first(self.study, spec, warm)
             self.tracker = Tracker(spec.tracking.uri, spec.experiment, spec.name,
                                    outage_timeout=spec.tracking.outage_timeout)
             self.tracker.sync_spool()
@@ -156,6 +162,7 @@ class StudyRunner:
                 except Exception:  # noqa: S110 - the run may not exist any more; the trial re-runs either way
                     pass
         self.loop.know_complete(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        self.loop.know_finished(self.study.get_trials(deepcopy=False))
 
     def _executor(self, training: TrainingSet):
         """The executor the spec asks for, with the training data placed where its trials run."""
@@ -255,10 +262,14 @@ class StudyRunner:
         """Search, then refit, log and report; each phase is entered only if no signal came before it."""
         from hpo.loop import TRACKING
         from hpo.outbox import is_outage
+        from hpo.tracking.names import STOP_REASON_TAG
 
         self.interrupts.enter("search")
         lost = self._search()
         self.interrupts.check()  # a first Ctrl-C during the search: the trials stopped, now the study does
+        self.stop_reason = None if lost else self.loop.stop_reason(self.target)
+        if self.stop_reason:
+            self.tracker.tag_study(STOP_REASON_TAG, self.stop_reason)
         if not lost and not self.tracker.drain(self.tracker.grace_left()):
             self.loop.stop(TRACKING)  # the server did not come back before the refit: resume refits later
             lost = True
@@ -342,7 +353,7 @@ class StudyRunner:
             parent_run_id=getattr(self, "parent_id", None) or "", experiment_id=self.tracker.experiment_id,
             model_uri=model_uri, duration_s=time.perf_counter() - self._started,
             trials=self.loop.results if self.loop is not None else [], interrupted=interrupted,
-            already_finished=self.already_finished,
+            already_finished=self.already_finished, stop_reason=getattr(self, "stop_reason", None),
         )
 
 

@@ -188,7 +188,9 @@ def _assert_parent(client: Any, layout: Layout, result: Any, spec: Any, status: 
                 "test_size": spec.data.test_size, "executor": spec.execution.executor,
                 "max_concurrent_trials": spec.execution.max_concurrent_trials}
     _same({k: data.params.get(k) for k in SETTINGS}, {k: str(v) for k, v in settings.items()}, "settings params")
-    extra = sorted(k for k in data.params if k not in SETTINGS and not k.startswith("best_"))
+    options = {k: data.params[k] for k in data.params if k.startswith("sampler.")}
+    _same(options, {f"sampler.{k}": str(v) for k, v in spec.search.sampler_options.items()}, "sampler.* params")
+    extra = sorted(k for k in data.params if k not in SETTINGS and not k.startswith(("best_", "sampler.")))
     _same(extra, [], "other params on the parent run")
     lineage = {"hpo.spec_hash": spec.spec_hash, "hpo.seed": str(spec.search.seed), "hpo.version": hpo.__version__,
                "torch.version": torch.__version__, "optuna.version": optuna.__version__,
@@ -212,6 +214,8 @@ def _assert_parent(client: Any, layout: Layout, result: Any, spec: Any, status: 
 
     if status != "FINISHED":
         return  # stopped or failed before (or during) the refit: what is there is not all there
+    assert data.tags.get("hpo.stop_reason", "").split(":")[0] in ("budget", "target", "plateau", "timeout",
+                                                                  "failures"), "hpo.stop_reason on a finished study"
     assert "trials.csv" in files, f"trials.csv missing from a finished study: {sorted(files)}"
     if not _complete(layout.trials):  # finished with nothing to refit: no best, no model
         _same(sorted(k for k in data.params if k.startswith("best_")), [], "best_* params with no complete trial")

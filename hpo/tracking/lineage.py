@@ -45,11 +45,13 @@ def _git_commit() -> str | None:
 
 
 def study_settings(spec: Any) -> dict[str, Any]:
-    """The parent run's params: what the study was run with."""
+    """The parent run's params: what the study was run with (``sampler.<option>`` for each
+    ``search.sampler_options`` key the spec sets)."""
     return {
         "dataset": spec.data.label, "model": spec.model, "sampler": spec.search.sampler,
         "n_trials": spec.n_trials, "seed": spec.search.seed, "metric": spec.metric,
         "direction": spec.direction, "pruner": spec.search.pruner, "folds": spec.cv.folds,
         "test_size": spec.data.test_size, "executor": spec.execution.executor,
         "max_concurrent_trials": spec.execution.max_concurrent_trials,
+        **{f"sampler.{k}": v for k, v in spec.search.sampler_options.items()},
     }

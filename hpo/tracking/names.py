@@ -20,6 +20,7 @@ ATTEMPTS_TAG = "hpo.attempts"
 WORKER_TAG = "hpo.worker"  # where it ran
 GPU_TAG = "hpo.gpu"
 PACKED_TAG = "hpo.packed"  # "true" or "false: <why>": folds trained as one stacked model (also on the parent)
+SOURCE_TAG = "hpo.source"  # "enqueue" or "warm_start OTHER#N": where an enqueued trial's parameters came from
 BEST_TAG = "best"  # "true" on the one trial run with the best value so far
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}  # hpo.state -> run
 
@@ -27,6 +28,7 @@ STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "kil
 BEST_TRIAL_TAG = "hpo.best_trial"
 BEST_PARAM_TAG = "hpo.best."  # + parameter name
 MODEL_URI_TAG = "hpo.model_uri"
+STOP_REASON_TAG = "hpo.stop_reason"  # why the search stopped proposing trials: "budget: ...", "target: ...", ...
 
 # artifact folders
 CHECKPOINT_DIR = "checkpoint"  # trial.pt on a top-k trial run, best.pt on the parent run

@@ -29,6 +29,7 @@ from hpo.tracking.names import (
     PARENT_TAG,
     REASON_TAG,
     ROLE_TAG,
+    SOURCE_TAG,
     SPEC_DIR,
     STATE_TAG,
     STATUS,
@@ -196,13 +197,15 @@ class Tracker:
 
     # ------------------------------------------------------------------ trials (child runs)
 
-    def start_trial(self, number: int, params: dict[str, Any], sampled: dict[str, Any]) -> str:
-        """Create the nested child run of trial ``number`` with all its parameters."""
-        run_id = self.out.create_run(
-            self.experiment_id, trial_run_name(number, sampled),
-            {PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: TRIAL_ROLE,
-             TRIAL_TAG: str(number), STATE_TAG: "running"},
-        )
+    def start_trial(self, number: int, params: dict[str, Any], sampled: dict[str, Any],
+                    source: str | None = None) -> str:
+        """Create the nested child run of trial ``number`` with all its parameters (``source``: where
+        an enqueued trial's parameters came from, tagged ``hpo.source``)."""
+        tags = {PARENT_TAG: self.parent_id, STUDY_TAG: self.study, ROLE_TAG: TRIAL_ROLE,
+                TRIAL_TAG: str(number), STATE_TAG: "running"}
+        if source:
+            tags[SOURCE_TAG] = source[:500]
+        run_id = self.out.create_run(self.experiment_id, trial_run_name(number, sampled), tags)
         self.out.log_batch(run_id, params=_flat(params))
         return run_id
 
@@ -282,6 +285,10 @@ class Tracker:
             path = Path(tmp) / TRIALS_TABLE
             study.trials_dataframe().to_csv(path, index=False)
             self.out.log_artifact(self.parent_id, path, None)
+
+    def tag_study(self, key: str, value: str) -> None:
+        """Set tag ``key`` on the parent run."""
+        self.out.set_tag(self.parent_id, key, value[:5000])
 
     def fail_study(self, reason: str) -> None:
         """The parent run ends FAILED with ``reason`` (the refit, model logging or report failed)."""
