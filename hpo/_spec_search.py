@@ -53,8 +53,18 @@ class QMCOptions(_Options):
     scramble: bool = True  # hpo's default (Optuna's is false): search.seed then picks the sequence
 
 
+class NSGA2Options(_Options):
+    """``sampler_options`` of ``nsga2`` (Optuna's ``NSGAIISampler``, a genetic algorithm for several objectives)."""
+
+    population_size: int = Field(50, ge=2)
+    mutation_prob: float | None = Field(None, ge=0, le=1)
+    crossover_prob: float = Field(0.9, ge=0, le=1)
+    swapping_prob: float = Field(0.5, ge=0, le=1)
+
+
 SAMPLER_OPTIONS: dict[str, type[_Options] | None] = {
     "grid": None, "random": None, "tpe": TPEOptions, "gp": GPOptions, "cmaes": CmaEsOptions, "qmc": QMCOptions,
+    "nsga2": NSGA2Options,
 }
 _NO_OPTIONS = {
     "grid": "grid search tries every point of the grid in turn and takes no options",

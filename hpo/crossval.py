@@ -109,10 +109,13 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
     loss stops the trial at once as failed; any exception is recorded as failed with its
     message. With ``spec.pack`` the folds train as one stacked model (:mod:`hpo.packing`).
     """
+    from hpo.costs import CostMeter, fold_model
+
     start = time.perf_counter()
     result = TrialResult(number=spec.number, state=COMPLETE)
     learners: list[Learner] = []
     epoch = 0
+    meter = CostMeter(fd.data.device)
     try:
         params = spec.params
         epochs = int(params["epochs"])
@@ -184,6 +187,12 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
         result.value = float(np.mean(result.fold_values))
         result.checkpoint = {"folds": [lr.best_state for lr in learners],
                              "best_epochs": result.fold_best_epochs}
+    if result.state == COMPLETE and learners:  # n_params, train_seconds, peak_memory_mb; inference_ms when asked
+        try:
+            result.costs = meter.measure(fold_model(learners[0]), fd.data.x, inference=spec.inference,
+                                         autocast=learners[0].autocast)
+        except Exception as exc:
+            record_failure(result, exc)
     result.duration_s = time.perf_counter() - start
     return result
 

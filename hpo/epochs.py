@@ -37,6 +37,47 @@ def has_pruner(study: Any) -> bool:
     return not isinstance(study.pruner, optuna.pruners.NopPruner)
 
 
+CURVE_ATTR = "hpo.curve"  # a multi-objective trial's first objective per epoch: {"1": value, ...}
+
+
+def first_objective(trial: Any) -> Any:
+    """A copy of a multi-objective ``trial`` (``FrozenTrial``) as a trial of its first objective alone: that
+    value, and the per-epoch curve of :data:`CURVE_ATTR` as its intermediate values."""
+    import copy
+
+    t = copy.copy(trial)
+    if t.values is not None:
+        t.values = [t.values[0]]
+    t.intermediate_values = {int(k): v for k, v in trial.user_attrs.get(CURVE_ATTR, {}).items()}
+    return t
+
+
+class FirstObjective:
+    """A multi-objective Optuna study as a pruner (or a single-objective plot) sees it: the single-objective
+    study of its first objective, each trial with its first value and its :data:`CURVE_ATTR` curve
+    (what hpo prunes on, where Optuna does not). Everything else is the study's own."""
+
+    def __init__(self, study: Any) -> None:
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:  # noqa: D102
+        return [first_objective(t) for t in self._study.get_trials(deepcopy=False, states=states)]
+
+    @property
+    def direction(self) -> Any:  # noqa: D102
+        return self._study.directions[0]
+
+    @property
+    def directions(self) -> list[Any]:  # noqa: D102
+        return [self._study.directions[0]]
+
+    def _is_multi_objective(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     """What a sink needs to open its own connections (inside the Ray actor): small and picklable."""
@@ -62,6 +103,7 @@ class EpochSink:
         self.key = key  # the fold-mean metric reported to Optuna (Spec.curve_key)
         self.flush_s = flush_s
         self.prunes = has_pruner(study)
+        self.multi = len(study.directions) > 1  # pruned on the first objective (FirstObjective)
         self._trials: OrderedDict[int, Any] = OrderedDict()
         self._attempts: dict[int, int] = {}
         self._curves: dict[str, list[tuple[str, float, int, int]]] = {}  # run id -> metrics not sent yet
@@ -124,11 +166,31 @@ class EpochSink:
                     self._stop = True
         trial = self._trial(number)
         value = metrics.get(self.key)  # a user objective may report an epoch without it: nothing to prune on
+        if self.multi:
+            return self._epoch_multi(trial, epoch, value)
         if value is not None and epoch not in trial._cached_frozen_trial.intermediate_values:  # a retry re-reports
             trial.report(value, epoch)
         if self._stop:
             return Verdict.STOP
         return Verdict.PRUNE if value is not None and self.prunes and trial.should_prune() else Verdict.GO
+
+    def _epoch_multi(self, trial: Any, epoch: int, value: float | None) -> Verdict:
+        """A multi-objective trial's epoch. Optuna refuses intermediate values there (``Trial.report``), and its
+        samplers assume pruned trials have none; so the first objective's fold mean per epoch is kept in the
+        trial's :data:`CURVE_ATTR`, and the pruner sees the study as the single-objective study of its first
+        objective with those curves (:class:`FirstObjective`)."""
+        storage = self.study._storage
+        if value is not None:
+            curve = storage.get_trial(trial._trial_id).user_attrs.get(CURVE_ATTR, {})
+            if str(epoch) not in curve:  # a retry re-reports
+                storage.set_trial_user_attr(trial._trial_id, CURVE_ATTR, {**curve, str(epoch): float(value)})
+        if self._stop:
+            return Verdict.STOP
+        if value is None or not self.prunes:
+            return Verdict.GO
+        view = FirstObjective(self.study)
+        frozen = first_objective(storage.get_trial(trial._trial_id))
+        return Verdict.PRUNE if self.study.pruner.prune(view, frozen) else Verdict.GO
 
     def end(self, number: int, run_id: str | None) -> None:
         """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet.

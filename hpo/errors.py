@@ -52,3 +52,12 @@ class RefitError(HpoError):
     """
 
     exit_code = 1
+
+
+class NoFeasibleTrial(HpoError):
+    """The search finished but no complete trial meets ``search.constraints``: nothing is refit.
+
+    Exit code 1; the parent run ends FAILED with the reason. ``--resume --n-trials N`` runs more trials.
+    """
+
+    exit_code = 1

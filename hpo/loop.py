@@ -23,6 +23,7 @@ from hpo import space
 from hpo.metrics import is_better
 from hpo.redact import redact
 from hpo.search import tell
+from hpo.selection import first_value, is_feasible
 from hpo.stop_rules import PLATEAU, TARGET, StopRules
 from hpo.trial import COMPLETE, FAILED, INTERRUPTED_ATTR, KILLED, RUN_ID_ATTR, TrialResult, TrialSpec
 from hpo.warm_start import SOURCE_ATTR
@@ -109,10 +110,11 @@ class SearchLoop:
         """Take the stored complete trials into the top k and the best (a resumed study)."""
         for t in trials:
             run_id = self.tracker.real_id(t.user_attrs.get(RUN_ID_ATTR))
-            if run_id and t.value is not None:
-                self.topk.offer(t.value, t.number, run_id)
-                if is_better(t.value, self.best_value, self.spec.direction):
-                    self.best_value, self.best_run = t.value, run_id
+            value = first_value(t)
+            if run_id and value is not None and is_feasible(t):
+                self.topk.offer(value, t.number, run_id)
+                if is_better(value, self.best_value, self.spec.direction):
+                    self.best_value, self.best_run = value, run_id
         if self.best_run is not None:  # a crash between tell and the tag move left it elsewhere, or nowhere
             self.tracker.repair_best(self.best_run)
 
@@ -230,7 +232,8 @@ class SearchLoop:
         ts = TrialSpec(number=trial.number, params=params, model=spec.model, metric=spec.metric,
                        direction=spec.direction, seed=spec.search.seed, run_id=run_id, pack=self.pack,
                        objective=spec.is_objective, keep_weights=spec.tracking.keep_checkpoints > 0,
-                       fold_by_fold=spec.search.pruner == "wilcoxon")
+                       fold_by_fold=spec.search.pruner == "wilcoxon",
+                       inference=any(m == "inference_ms" for m in spec.cost_metrics))
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
         with self.interrupts.held():
             self.pending[fut] = self.launching
@@ -242,11 +245,11 @@ class SearchLoop:
             if self.stops.halting is None and self.executor.tracking_lost(wait_s=10.0):
                 self.stop(TRACKING)
             result.reason = f"interrupted ({WHY[self.stops.halting or SIGNAL]}); re-queued on --resume"
-        tell(self.study, trial, result)
+        tell(self.study, trial, result, self.spec)
         if result.state != KILLED:  # an interrupted trial re-runs: it is not finished
             self.rules.observe(result.value if result.state == COMPLETE else None)
         self.tracker.end_trial(run_id, result, self.spec.metric)
-        if result.state == COMPLETE and result.value is not None:
+        if result.state == COMPLETE and result.value is not None and result.feasible is not False:
             self._keep_checkpoint(result, run_id, params)
             if is_better(result.value, self.best_value, self.spec.direction):
                 self.tracker.move_best(self.best_run, run_id)

@@ -76,6 +76,8 @@ def summary_table(result: Any) -> Table:
     t.add_column()
     if result.best_number is not None:
         t.add_row("best trial", f"#{result.best_number}")
+        if getattr(result, "selected", None):
+            t.add_row("selected by", escape(result.selected))
         t.add_row(f"best CV {result.metric}", f"{result.best_value:.4f}")
         for k, v in result.best_params.items():
             t.add_row(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))

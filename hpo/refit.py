@@ -56,6 +56,8 @@ def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, pa
             model_uri = log_refit(best, tracker=tracker, parent_id=parent_id, spec=spec, dataset=dataset,
                                   counts=counts(study))
         tracker.log_trials_table(study)
+        if spec.is_multi:
+            log_front(study, spec, tracker)
         study.set_user_attr(REFIT_ATTR, {"finished": done, "model_uri": model_uri, "test_metrics": test_metrics,
                                          "best_trial": None if best is None else best.best.number})
     else:  # stopped during the report last time: the model is registered already
@@ -73,11 +75,17 @@ def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, pa
 def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | None:
     """Train the best trial's parameters on the whole training split for the mean best epoch of its
     folds, where trials run, and test once; ``None`` when no trial completed."""
+    from hpo.selection import chosen
     from hpo.trial import FOLD_EPOCHS_ATTR, RefitJob, refit_epochs
 
-    try:
-        best = study.best_trial
-    except ValueError:
+    best, why = chosen(study, spec)
+    if best is None:
+        if spec.constraints and why != "no trial completed":
+            from hpo.errors import NoFeasibleTrial
+
+            raise NoFeasibleTrial(f"{why} of study {spec.name!r}, so nothing is refit. Run more trials with: "
+                                  f"hpo run {spec.path or 'SPEC'} --resume --n-trials N, or start a study under "
+                                  "another name with looser constraints")
         log.warning("no trial completed; nothing to refit")
         return None
     params = space.resolve(spec, best.params)
@@ -116,6 +124,26 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
     tracker.log_result(metric=spec.metric, best=best, refit_epochs=refit.epochs, test_metrics=refit.test_metrics,
                        counts=counts, model_uri=model_uri)
     return model_uri
+
+
+def log_front(study: Any, spec: Spec, tracker: Any) -> None:
+    """A multi-objective study's Pareto front in MLflow: the ``pareto`` tag on its trials' runs (and off
+    the runs that left it), ``pareto_front.csv`` and the ``hpo.select`` tag on the parent run."""
+    import pandas as pd
+
+    from hpo.selection import SELECT_TAG, chosen, front
+    from hpo.trial import RUN_ID_ATTR
+
+    members = front(study)
+    tracker.mark_front([r for r in (tracker.real_id(t.user_attrs.get(RUN_ID_ATTR)) for t in members) if r])
+    rows = [{"trial": t.number, **{o.metric: v for o, v in zip(spec.objectives, t.values, strict=True)},
+             **{f"params_{k}": v for k, v in t.params.items()}} for t in members]
+    with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:
+        path = Path(tmp) / "pareto_front.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        tracker.log_parent_file(path)
+    _best, why = chosen(study, spec)
+    tracker.tag_study(SELECT_TAG, why)
 
 
 def _model_code(spec: Spec) -> list[Any]:

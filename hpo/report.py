@@ -13,6 +13,8 @@ Plots (each ``report/<name>.html`` and ``report/<name>.png``):
 - ``slice_<param>``: the value against one parameter, one plot per parameter;
 - ``intermediate_values``: the learning curves (the validation metric reported after
   every epoch) of all trials, pruned ones dashed and marked where they stopped;
+- ``pareto_front`` (several objectives): every complete trial by its objectives, the front marked;
+  the plots above show the first objective;
 - ``confusion_matrix`` (classification) or ``predicted_vs_true`` (regression): the refit
   model on the held-out test split.
 
@@ -132,7 +134,8 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
         from optuna.trial import TrialState
 
         html = _Html()
-        study = _snapshot(study)
+        whole = study
+        study = _snapshot(study)  # several objectives: the plots below show the first
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value)]
         target = f"CV {metric}"
@@ -201,6 +204,21 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
 
         draw("intermediate_values", lambda: curve_figures(study, trials, metric, plt))
 
+        if len(whole.directions) > 1:
+            def pareto():
+                need_complete()
+                import optuna.visualization as vis
+
+                if len(whole.directions) > 3:
+                    raise Skip(f"a Pareto plot draws 2 or 3 objectives, the study has {len(whole.directions)}")
+                names = whole.metric_names or [f"objective {i}" for i in range(len(whole.directions))]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna's matplotlib backend is experimental
+                    return (vis.plot_pareto_front(whole, target_names=names),
+                            ovm.plot_pareto_front(whole, target_names=names))
+
+            draw("pareto_front", pareto)
+
         model_plot = "confusion_matrix" if task == "classification" else "predicted_vs_true"
         if model is None or dataset is None:
             report.skipped[model_plot] = "no refit model" if model is None else "no dataset"
@@ -240,6 +258,10 @@ def _snapshot(study: Any) -> Any:
 
     frozen = study.get_trials(deepcopy=False)
     directions = list(study.directions)
+    if len(directions) > 1:  # the first objective alone (its curves too): Optuna's single-objective plots draw it
+        from hpo.epochs import first_objective
+
+        frozen, directions = [first_objective(t) for t in frozen], directions[:1]
     storage = InMemoryStorage()
     storage.create_new_study(directions, study.study_name)
     sign = -1.0 if directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0

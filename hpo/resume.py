@@ -63,6 +63,10 @@ def resume_key(spec: Spec) -> dict[str, str]:
         key[CODE_KEY] = _training_code(spec)[0]
     if spec.is_objective:
         key["objective.metric"] = spec.metric
+    if spec.is_multi:  # what each of a trial's values is
+        key["search.objectives"] = ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives)
+    if spec.constraints:  # what each trial's feasibility was decided by
+        key["search.constraints"] = "; ".join(c.key for c in spec.constraints)
     return key
 
 

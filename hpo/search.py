@@ -13,8 +13,10 @@ from hpo.resume import PARENT_RUN_ATTR, REQUEUED_ATTR
 from hpo.spec import Spec
 from hpo.trial import (
     COMPLETE,
+    COSTS_ATTR,
     CV_STD_ATTR,
     DURATION_ATTR,
+    FAILED,
     FOLD_EPOCHS_ATTR,
     FOLD_VALUES_ATTR,
     INTERRUPTED_ATTR,
@@ -54,6 +56,8 @@ def make_sampler(spec: Spec, concurrency: int):
             return _continuing(optuna.samplers.GPSampler)(seed=seed, warn_independent_sampling=False, **options)
         if name == "cmaes":
             return _continuing(optuna.samplers.CmaEsSampler)(seed=seed, warn_independent_sampling=False, **options)
+        if name == "nsga2":
+            return _continuing(optuna.samplers.NSGAIISampler)(seed=seed, **options)
         if name == "qmc":  # its position in the sequence is kept in the study: nothing to re-seed
             return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False,
                                               warn_asynchronous_seeding=False, **options)
@@ -181,19 +185,21 @@ def open_study(spec: Spec, storage: Any, storage_url: str, *, resume: bool, conc
             "budget; two processes with --resume share the work), or give the spec another name"
         )
     if summary is not None:  # resuming: the spec must still describe this study
-        check_resume(spec, summary.user_attrs, summary.direction.name.lower())
-    study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+        single = len(summary.directions) == 1
+        check_resume(spec, summary.user_attrs, summary.directions[0].name.lower() if single else None)
+    study = optuna.create_study(storage=storage, study_name=spec.name, directions=[o.direction for o in spec.objectives],
                                 sampler=make_sampler(spec, concurrency), pruner=make_pruner(spec), load_if_exists=True)
     if KEY_ATTR not in study.user_attrs:
         study.set_user_attr(KEY_ATTR, resume_key(spec))
     study.set_user_attr("hpo.spec_hash", spec.spec_hash)
     study.set_user_attr(METRIC_ATTR, spec.metric)
-    if study.metric_names != [spec.metric]:  # optuna-dashboard and Optuna's plots say the metric's name
+    names = [o.metric for o in spec.objectives]
+    if study.metric_names != names:  # optuna-dashboard and Optuna's plots say the metrics' names
         import warnings
 
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([spec.metric])
+            study.set_metric_names(names)
     return study
 
 
@@ -217,12 +223,36 @@ def requeue_interrupted(study: Any) -> list[Any]:
     return now
 
 
-def tell(study: Any, trial: Any, result: TrialResult) -> None:
+def tell(study: Any, trial: Any, result: TrialResult, spec: Spec) -> None:
     """Tell Optuna how ``trial`` ended, with its result's attributes; a KILLED trial is an
-    interrupted FAIL (re-queued on resume), not a final one."""
+    interrupted FAIL (re-queued on resume), not a final one. A complete trial is told every
+    objective's value (the CV value, then its cost metrics) and, with ``search.constraints``,
+    each constraint's value (``Trial.set_constraint``) and whether it is feasible."""
     from optuna.trial import TrialState
 
+    from hpo.selection import FEASIBLE_ATTR, constraint_values, trial_values
+
+    values = None
+    if result.state == COMPLETE:
+        values = trial_values(spec.objectives, result.value, result.costs)
+        if values is None:
+            missing = [o.metric for o in spec.objectives[1:] if o.metric not in result.costs]
+            result.state, result.reason = FAILED, f"no value for objective {', '.join(missing) or spec.metric}"
     trial.set_user_attr(DURATION_ATTR, round(result.duration_s, 3))
+    if result.costs:
+        trial.set_user_attr(COSTS_ATTR, result.costs)
+    if values is not None and spec.constraints:
+        import warnings
+
+        import optuna
+
+        violations = constraint_values(spec.constraints, spec.metric, result.value, result.costs)
+        with warnings.catch_warnings():  # Optuna 5's way of constraints (constraints_func is deprecated)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for key, v in violations.items():
+                trial.set_constraint(key, v)
+        result.feasible = all(v <= 0 for v in violations.values())
+        trial.set_user_attr(FEASIBLE_ATTR, result.feasible)
     if result.fold_values:
         trial.set_user_attr(FOLD_VALUES_ATTR, result.fold_values)
         trial.set_user_attr(FOLD_EPOCHS_ATTR, result.fold_best_epochs)
@@ -230,7 +260,7 @@ def tell(study: Any, trial: Any, result: TrialResult) -> None:
     if result.reason:
         trial.set_user_attr(REASON_ATTR, result.reason)
     if result.state == COMPLETE:
-        study.tell(trial, result.value)
+        study.tell(trial, values if spec.is_multi else values[0])
     elif result.state == PRUNED:
         study.tell(trial, state=TrialState.PRUNED)
     else:

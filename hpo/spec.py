@@ -37,6 +37,7 @@ from hpo._spec_search import (
     check_stop,
     check_warm_start,
 )
+from hpo._spec_selection import check_objectives, check_select, check_single, parse_constraints
 from hpo._spec_space import (
     MAX_GRID_POINTS,
     Choice,
@@ -49,6 +50,7 @@ from hpo._spec_space import (
 from hpo._spec_yaml import MAX_SPEC_BYTES, SpecLoader, file_kind, read_limited
 from hpo.errors import SpecError
 from hpo.params import MODEL_DEFAULTS, MODELS, default_value, param_names
+from hpo.selection import Constraint, Objective
 from hpo.store_uris import store_uri_problem
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -82,13 +84,16 @@ class DataSpec(_Section):
 class SearchSpec(_Section):
     """``search:`` — sampler, budget, objective."""
 
-    sampler: Literal["grid", "random", "tpe", "gp", "cmaes", "qmc"] = "tpe"
+    sampler: Literal["grid", "random", "tpe", "gp", "cmaes", "qmc", "nsga2"] = "tpe"
     sampler_options: dict[str, Any] = Field(default_factory=dict)  # per sampler (hpo._spec_search)
     n_trials: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     metric: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
+    objectives: list[Any] | None = None  # several metrics instead of metric: (hpo._spec_selection)
+    select: Any = None  # which trial of the Pareto front is refit: first | knee | {weighted: [...]}
+    constraints: list[Any] = Field(default_factory=list)  # "METRIC <= NUMBER" / ">=": feasible trials only
     pruner: Literal["none", "median", "successive_halving", "hyperband", "wilcoxon"] = "none"
     max_failures: int | None = Field(None, ge=1)  # stop the study after this many failed trials (none = never)
     enqueue: list[Any] = Field(default_factory=list)  # configurations tried first ({name: value}), checked vs params
@@ -175,6 +180,19 @@ class Spec:
     path: str | None = None  # where it was read from
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
     objective: ObjectiveSpec | None = None  # the user's training step (then model is objective.function)
+    objectives: tuple[Objective, ...] = ()  # what the study optimises: (metric, direction) first, then costs
+    constraints: tuple[Constraint, ...] = ()
+
+    @property
+    def cost_metrics(self) -> list[str]:
+        """hpo's cost metrics the study's objectives and constraints name."""
+        names = [o.metric for o in self.objectives[1:]] + [c.metric for c in self.constraints]
+        return [m for m in dict.fromkeys(names) if m != self.metric]
+
+    @property
+    def is_multi(self) -> bool:
+        """Whether the study has several objectives (``search.objectives``): a Pareto front, not one best."""
+        return len(self.objectives) > 1
 
     @property
     def experiment(self) -> str:
@@ -356,12 +374,26 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
         metric, direction = check_objective(raw.objective, has_model=raw.model is not None, search=s,
                                             pack_folds=raw.execution.pack_folds, source_path=source_path,
                                             problems=problems)
+    elif s.objectives is not None:
+        objectives = check_objectives(s, task, problems)
+        metric, direction = (objectives[0].metric, objectives[0].direction) if objectives else ("accuracy", "maximize")
     else:
         metric, direction = check_metric(s, task, problems)
         if s.pruner == "wilcoxon":
             problems.append(("search.pruner", "wilcoxon compares trials fold by fold, which only a user objective "
                              "(objective:) does; hpo's training runs its folds in lockstep and reports their mean per "
                              "epoch: use median, successive_halving or hyperband"))
+    if s.objectives is None:
+        objectives = (Objective(metric, direction),)
+        check_single(s, problems)
+    elif raw.objective is not None:
+        problems.append(("search.objectives", "a user objective (objective:) optimises its own metric; several "
+                         "objectives need hpo's training (model:)"))
+    check_select(s.select, len(objectives), problems)
+    constraints = parse_constraints(s.constraints, metric, problems)
+    if raw.objective is not None and any(c.metric != metric for c in constraints):
+        problems.append(("search.constraints", f"a user objective reports {metric} only: hpo measures its cost "
+                         "metrics in its own training; constrain the objective's metric"))
     check_execution(raw.execution, problems)
     check_tracking(raw.tracking, problems)
 
@@ -386,7 +418,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
     spec = Spec(
         name=raw.name, data=d, model=model, search=s, cv=raw.cv, execution=raw.execution,
         tracking=raw.tracking, space=tuple(space), task=task, metric=metric, direction=direction,
-        n_trials=0, raw=raw_dict, objective=raw.objective,
+        n_trials=0, raw=raw_dict, objective=raw.objective, objectives=objectives, constraints=constraints,
     )
     if s.sampler == "grid":
         grid = spec.grid_size or 1

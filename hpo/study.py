@@ -50,6 +50,7 @@ class StudyResult:
     tracking_uri: str = ""
     tracking_failed: str | None = None  # writes the tracking store refused (kept in the spool): what and why
     stop_reason: str | None = None  # why the search stopped proposing trials ("budget: ...", "target: ...", ...)
+    selected: str | None = None  # several objectives: which search.select rule picked the best trial from the front
 
 
 def resolve_device(requested: str) -> str:
@@ -317,8 +318,11 @@ class StudyRunner:
     def _fail_study(self, exc: Exception) -> None:
         """The search finished but the refit, model logging or report failed: the parent run ends
         FAILED with the reason, and the error says how to retry (``--resume`` refits again)."""
-        from hpo.errors import RefitError
+        from hpo.errors import NoFeasibleTrial, RefitError
 
+        if isinstance(exc, NoFeasibleTrial):  # the run was fine and the answer is "nothing qualifies"
+            self.tracker.fail_study(str(exc))
+            raise exc
         reason = f"{type(exc).__name__}: {exc}"
         try:
             self.tracker.fail_study(f"refit failed: {reason}")
@@ -342,11 +346,10 @@ class StudyRunner:
         return result
 
     def _result(self, model_uri: str | None, test_metrics: dict[str, float], interrupted: bool = False) -> StudyResult:
-        try:
-            best = self.study.best_trial
-            bn, bv, bp = best.number, best.value, dict(best.params)
-        except ValueError:
-            bn, bv, bp = None, None, {}
+        from hpo.selection import chosen
+
+        best, why = chosen(self.study, self.spec)
+        bn, bv, bp = (best.number, best.values[0], dict(best.params)) if best is not None else (None, None, {})
         return StudyResult(
             name=self.spec.name, metric=self.spec.metric, direction=self.spec.direction, best_number=bn,
             best_value=bv, best_params=bp, test_metrics=test_metrics, counts=counts(self.study),
@@ -354,6 +357,7 @@ class StudyRunner:
             model_uri=model_uri, duration_s=time.perf_counter() - self._started,
             trials=self.loop.results if self.loop is not None else [], interrupted=interrupted,
             already_finished=self.already_finished, stop_reason=getattr(self, "stop_reason", None),
+            selected=why if self.spec.is_multi and best is not None else None,
         )
 
 

@@ -27,6 +27,7 @@ DURATION_ATTR = "duration_s"
 FOLD_VALUES_ATTR = "fold_values"  # each fold's best-epoch metric
 FOLD_EPOCHS_ATTR = "fold_best_epochs"  # each fold's best epoch
 CV_STD_ATTR = "cv_std"
+COSTS_ATTR = "hpo.costs"  # hpo's cost metrics of a complete trial (n_params, train_seconds, ...)
 REASON_ATTR = "reason"  # why it was pruned, failed or stopped
 INTERRUPTED_ATTR = "hpo.interrupted"  # a FAIL that is not final: cut short by the study stopping, re-queued on resume
 
@@ -59,6 +60,7 @@ class TrialSpec:
     objective: bool = False  # ``model`` is a user objective function (hpo.objective) that trains each fold itself
     keep_weights: bool = True  # a user objective must call ctx.save (tracking.keep_checkpoints > 0)
     fold_by_fold: bool = False  # a user objective's folds one after another, each fold's value to the pruner (wilcoxon)
+    inference: bool = False  # measure inference_ms after training (an objective or constraint names it)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class TrialResult:
     worker: str = ""  # where it ran: node, device
     attempts: int = 1  # >1 when a lost worker made it run again
     packed: str = ""  # "true", or "false: <why>" when the study packs folds but this trial could not
+    costs: dict[str, float] = field(default_factory=dict)  # hpo's cost metrics (hpo.selection.COSTS)
+    feasible: bool | None = None  # whether it meets search.constraints (None: the study has none, or it failed)
 
     @property
     def std(self) -> float:

@@ -25,7 +25,7 @@ import pytest
 RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 SETTINGS = ("dataset", "model", "sampler", "n_trials", "seed", "metric", "direction", "pruner", "folds",
             "test_size", "executor", "max_concurrent_trials")
-PARENT_ARTIFACTS = {"spec", "trials.csv", "checkpoint", "report"}  # what may stand at the parent run's root
+PARENT_ARTIFACTS = {"spec", "trials.csv", "checkpoint", "report", "pareto_front.csv"}  # the parent run's root
 MAX_RUN_NAME = 250  # a child run's name is cut there
 
 
@@ -153,14 +153,30 @@ def _counts(trials: list[Any]) -> dict[str, int]:
     return {k: states.count(k) for k in ("complete", "pruned", "failed")}
 
 
+def _v(t: Any) -> float | None:
+    """A trial's value (its first objective's, in a multi-objective study)."""
+    return t.values[0] if t.values else None
+
+
 def _complete(trials: list[Any]) -> list[Any]:
-    return [t for t in trials if _expected_state(t) == "complete" and t.value is not None and math.isfinite(t.value)]
+    return [t for t in trials if _expected_state(t) == "complete" and _v(t) is not None and math.isfinite(_v(t))]
+
+
+def _feasible(trials: list[Any]) -> list[Any]:
+    """Complete trials that meet search.constraints (all of them without constraints)."""
+    return [t for t in _complete(trials) if t.user_attrs.get("hpo.feasible") is not False]
+
+
+def _best(trials: list[Any], spec: Any) -> Any:
+    """The best feasible trial on the first objective (the one the ``best`` tag follows); ties: lower number."""
+    sign = -1.0 if spec.direction == "maximize" else 1.0
+    return min(_feasible(trials), key=lambda t: (sign * _v(t), t.number))
 
 
 def _top_k(trials: list[Any], spec: Any) -> set[int]:
     """The trials that keep ``checkpoint/trial.pt``: the ``keep_checkpoints`` best complete ones (ties: lower number)."""
     sign = -1.0 if spec.direction == "maximize" else 1.0
-    ranked = sorted(_complete(trials), key=lambda t: (sign * t.value, t.number))
+    ranked = sorted(_feasible(trials), key=lambda t: (sign * _v(t), t.number))
     return {t.number for t in ranked[: spec.tracking.keep_checkpoints]}
 
 
@@ -217,6 +233,8 @@ def _assert_parent(client: Any, layout: Layout, result: Any, spec: Any, status: 
     assert data.tags.get("hpo.stop_reason", "").split(":")[0] in ("budget", "target", "plateau", "timeout",
                                                                   "failures"), "hpo.stop_reason on a finished study"
     assert "trials.csv" in files, f"trials.csv missing from a finished study: {sorted(files)}"
+    _same("pareto_front.csv" in files, spec.is_multi, "pareto_front.csv (iff several objectives)")
+    _same("hpo.select" in data.tags, spec.is_multi, "hpo.select (iff several objectives)")
     if not _complete(layout.trials):  # finished with nothing to refit: no best, no model
         _same(sorted(k for k in data.params if k.startswith("best_")), [], "best_* params with no complete trial")
         assert "checkpoint/best.pt" not in files and "hpo.model_uri" not in data.tags, "a refit with no complete trial"
@@ -229,7 +247,9 @@ def _assert_refit(client: Any, layout: Layout, result: Any, spec: Any, files: se
     from hpo.metrics import METRICS
 
     pid, data = layout.parent.info.run_id, layout.parent.data
-    best = layout.study.best_trial
+    from hpo.selection import chosen
+
+    best = chosen(layout.study, spec)[0]
     m = spec.metric
     task_metrics = [k for k, info in METRICS.items() if info.task == spec.task]
     counts = _counts(layout.trials)
@@ -242,7 +262,7 @@ def _assert_refit(client: Any, layout: Layout, result: Any, spec: Any, files: se
     want = {f"best_cv_{m}", "best_trial", "refit_epochs", *(f"test_{k}" for k in task_metrics),
             "n_complete", "n_pruned", "n_failed"}
     _same(sorted(metrics), sorted(want), "parent metrics")
-    _same(metrics[f"best_cv_{m}"], pytest.approx(best.value), f"best_cv_{m}")
+    _same(metrics[f"best_cv_{m}"], pytest.approx(_v(best)), f"best_cv_{m}")
     _same((metrics["best_trial"], data.tags.get("hpo.best_trial")), (best.number, str(best.number)),
           "best_trial metric, hpo.best_trial tag")
     epochs = best.user_attrs.get("fold_best_epochs") or [best.params.get("epochs", 1)]
@@ -324,17 +344,23 @@ def _assert_children(client: Any, layout: Layout, spec: Any) -> None:
               f"{where}: artifacts (top {spec.tracking.keep_checkpoints} complete trials keep checkpoint/trial.pt)")
 
     tagged = [n for n, r in layout.children.items() if r.data.tags.get("best") == "true"]
-    complete = _complete(layout.trials)
+    complete = _feasible(layout.trials)
     if not complete:
-        _same(tagged, [], "trials tagged best with no complete trial")
+        _same(tagged, [], "trials tagged best with no feasible complete trial")
         return
-    best = layout.study.best_trial
+    best = _best(layout.trials, spec)
     assert len(tagged) == 1, f"trials tagged best: {tagged}"
-    # of equal values the first to finish has the tag; Optuna's storage may name any of them as best_trial
+    # of equal values the first to finish has the tag
     by_number = {t.number: t for t in layout.trials}
-    _same(by_number[tagged[0]].value, best.value, f"value of trial {tagged[0]} (tagged best)")
-    if sum(t.value == best.value for t in complete) == 1:
+    _same(_v(by_number[tagged[0]]), _v(best), f"value of trial {tagged[0]} (tagged best)")
+    if sum(_v(t) == _v(best) for t in complete) == 1:
         _same(tagged, [best.number], "trial tagged best")
+    if spec.is_multi:  # the pareto tag on exactly the feasible Pareto front, once the study refit
+        from hpo.selection import front
+
+        if layout.parent.info.status == "FINISHED":
+            pareto = sorted(n for n, r in layout.children.items() if r.data.tags.get("pareto") == "true")
+            _same(pareto, sorted(t.number for t in front(layout.study)), "trials tagged pareto")
 
 
 def _assert_trial_metrics(client: Any, run: Any, t: Any, spec: Any, state: str, max_epochs: int, where: str) -> None:
@@ -354,7 +380,7 @@ def _assert_trial_metrics(client: Any, run: Any, t: Any, spec: Any, state: str, 
         _same((len(values), len(epochs)), (folds, folds), f"{where}: folds with a best value")
         want |= {f"cv_{m}_mean", f"cv_{m}_std", *(f"fold{k}/best_{m}" for k in range(folds)),
                  *(f"fold{k}/best_epoch" for k in range(folds))}
-        mean = t.value if state == "complete" else sum(values) / folds
+        mean = _v(t) if state == "complete" else sum(values) / folds
         _same(metrics.get(f"cv_{m}_mean"), pytest.approx(mean), f"{where}: cv_{m}_mean")
         _same(metrics.get(f"cv_{m}_std"), pytest.approx(t.user_attrs["cv_std"]), f"{where}: cv_{m}_std")
         for k in range(folds):
@@ -362,6 +388,13 @@ def _assert_trial_metrics(client: Any, run: Any, t: Any, spec: Any, state: str, 
             _same(metrics.get(f"fold{k}/best_epoch"), epochs[k], f"{where}: fold{k}/best_epoch")
     else:
         assert state != "complete", f"{where}: a complete trial without fold values"
+    costs = t.user_attrs.get("hpo.costs", {})
+    if state == "complete" and not spec.is_objective:  # hpo's cost metrics, on the run as metrics
+        assert {"n_params", "train_seconds"} <= set(costs), f"{where}: cost metrics {sorted(costs)}"
+        _same("inference_ms" in costs, "inference_ms" in spec.cost_metrics, f"{where}: inference_ms (iff asked)")
+    want |= set(costs)
+    for k, v in costs.items():
+        _same(metrics.get(k), pytest.approx(v), f"{where}: {k}")
     reached = _curve_epochs(client, run.info.run_id, curves, where, once=run.data.tags.get("hpo.attempts", "1") == "1")
     if reached:
         want |= set(curves)

@@ -56,11 +56,9 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
     study = open_study(name, tracking_uri)
     rows = trial_rows(study)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed")}
-    try:
-        best = study.best_trial
-        best_value, best_number, best_params = best.value, best.number, dict(best.params)
-    except ValueError:
-        best_value, best_number, best_params = None, None, {}
+    best = next((r for r in rows if r["best"]), None)  # best first; several objectives: the front's best first value
+    best_value, best_number, best_params = (best["value"], best["number"], best["params"]) if best else (None, None, {})
+    front = sum(r["best"] for r in rows) if len(study.directions) > 1 else None
     run = None
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
@@ -78,9 +76,14 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
     params = run.data.params if run is not None else {}
     metrics = run.data.metrics if run is not None else {}
     metric = params.get("metric")
+    refit = run.data.tags.get("hpo.best_trial") if run is not None else None
+    if refit is not None and front:  # several objectives: the trial search.select picked and refit
+        picked = next((r for r in rows if str(r["number"]) == refit), None)
+        if picked is not None:
+            best_value, best_number, best_params = picked["value"], picked["number"], picked["params"]
     return {
-        "name": name, "metric": metric, "direction": study.direction.name.lower(),
-        "best_value": best_value, "best_trial": best_number,
+        "name": name, "metric": metric, "direction": study.directions[0].name.lower(),
+        "best_value": best_value, "best_trial": best_number, "pareto_front": front,
         "test_value": metrics.get(f"test_{metric}") if metric else None,
         "test_metrics": {k[len("test_"):]: v for k, v in sorted(metrics.items()) if k.startswith("test_")},
         "trials": sum(counts.values()), **counts,
@@ -132,6 +135,8 @@ def render_table(studies: list[dict[str, Any]]) -> Any:
     row("metric", [f"{s['metric'] or '?'} ({'max' if s['direction'] == 'maximize' else 'min'})" for s in studies])
     row("best CV value", [fmt_value(s["best_value"]) for s in studies], best_of("best_value"))
     row("best trial", ["" if s["best_trial"] is None else f"#{s['best_trial']}" for s in studies])
+    if any(s.get("pareto_front") for s in studies):
+        row("Pareto front", ["" if not s.get("pareto_front") else f"{s['pareto_front']} trials" for s in studies])
     row("test value", [fmt_value(s["test_value"]) for s in studies], best_of("test_value"), section=True)
     row("trials", [str(s["trials"]) for s in studies])
     row("complete", [str(s["complete"]) for s in studies])

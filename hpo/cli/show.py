@@ -53,32 +53,44 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     """One dict per trial, best first: complete trials by value (in the study's direction), then
     pruned, failed, interrupted and unfinished ones by number.
 
-    Keys: number, state, value, cv_std, epochs (epochs reported), duration_s, params, best,
-    run_id (the MLflow child run), reason.
+    Keys: number, state, value (the first objective's), objectives (a multi-objective study's other
+    values, by metric), cv_std, epochs (epochs reported), duration_s, params, best (the best feasible trial;
+    with several objectives: on the feasible Pareto front), feasible (None without constraints), run_id
+    (the MLflow child run), reason.
     """
+    from hpo.epochs import CURVE_ATTR
+    from hpo.selection import FEASIBLE_ATTR, first_value, front
+
     trials = study.get_trials(deepcopy=False)
-    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
-    try:
-        best = study.best_trial.number
-    except ValueError:
-        best = None
+    sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+    names = objective_names(study)
+    best = {t.number for t in front(study)}
     rows = []
     for t in trials:
         state = trial_state(t)
-        value = _num(t.value) if state == "complete" else None
+        value = _num(first_value(t)) if state == "complete" else None
+        others = {n: _num(v) for n, v in zip(names[1:], (t.values or [])[1:], strict=False)} if value is not None else {}
         duration = t.user_attrs.get(DURATION_ATTR)
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({
-            "number": t.number, "state": state, "value": value,
+            "number": t.number, "state": state, "value": value, "objectives": others,
             "cv_std": _num(t.user_attrs.get(CV_STD_ATTR)) if value is not None else None,
-            "epochs": len(t.intermediate_values), "duration_s": _num(duration), "params": dict(t.params),
-            "best": t.number == best, "run_id": t.user_attrs.get(RUN_ID_ATTR),
+            "epochs": len(t.intermediate_values) or len(t.user_attrs.get(CURVE_ATTR, {})),
+            "duration_s": _num(duration), "params": dict(t.params),
+            "best": t.number in best, "feasible": t.user_attrs.get(FEASIBLE_ATTR), "run_id": t.user_attrs.get(RUN_ID_ATTR),
             "reason": t.user_attrs.get(REASON_ATTR) or "",
         })
     rows.sort(key=lambda r: (STATE_ORDER.get(r["state"], 9),
                              sign * r["value"] if r["value"] is not None else math.inf, r["number"]))
     return rows
+
+
+def objective_names(study: Any) -> list[str]:
+    """The study's objectives by name (Optuna's metric names, which hpo sets), else ``value``, ``value 1``, ..."""
+    n = len(study.directions)
+    names = study.metric_names
+    return list(names) if names else ["value"] + [f"value {i}" for i in range(1, n)]
 
 
 def param_names(rows: list[dict[str, Any]]) -> list[str]:
@@ -143,9 +155,12 @@ def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
 
     params = param_names(rows)
     w = csv.writer(out)
-    w.writerow(["number", "state", "value", "cv_std", "epochs_trained", "duration_s", *params, "run_id", "reason"])
+    others = list(dict.fromkeys(k for r in rows for k in r["objectives"]))
+    w.writerow(["number", "state", "value", *others, "cv_std", "epochs_trained", "duration_s", *params, "run_id",
+                "reason"])
     for r in rows:
         w.writerow([r["number"], r["state"], "" if r["value"] is None else repr(r["value"]),
+                    *["" if r["objectives"].get(k) is None else repr(r["objectives"][k]) for k in others],
                     "" if r["cv_std"] is None else repr(r["cv_std"]), r["epochs"],
                     "" if r["duration_s"] is None else f"{r['duration_s']:.3f}",
                     *["" if r["params"].get(p) is None else r["params"][p] for p in params],
@@ -153,20 +168,24 @@ def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
 
 
 def render_table(name: str, rows: list[dict[str, Any]], direction: str, metric: str | None) -> Any:
-    """The rich Table of ``hpo show``."""
+    """The rich Table of ``hpo show``: with several objectives, a column for each, the Pareto front in bold."""
     from rich.table import Table
 
     params = param_names(rows)
+    others = list(dict.fromkeys(k for r in rows for k in r["objectives"]))
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     caption = ", ".join(f"[{STATE_STYLE.get(k, '')}]{v} {k}[/]" for k, v in
                         sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 9)))
-    table = Table(title=f"{name}: {metric or 'value'} ({direction}), best first", caption=caption,
-                  caption_justify="left")
+    order = "Pareto front in bold" if others else "best first"
+    table = Table(title=f"{name}: {metric or 'value'} ({direction}){''.join(f', {o}' for o in others)}, {order}",
+                  caption=caption, caption_justify="left")
     table.add_column("#", justify="right")
     table.add_column("state")
     table.add_column(metric or "value", justify="right")
+    for o in others:
+        table.add_column(o, justify="right")
     table.add_column("± std", justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("seconds", justify="right")
@@ -175,9 +194,11 @@ def render_table(name: str, rows: list[dict[str, Any]], direction: str, metric: 
     table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
     for r in rows:
         style = STATE_STYLE.get(r["state"], "")
-        note = "best" if r["best"] else (r["reason"].splitlines()[0][:120] if r["reason"] else "")
+        note = ("pareto" if others else "best") if r["best"] else (
+            r["reason"].splitlines()[0][:120] if r["reason"] else "infeasible" if r["feasible"] is False else "")
         table.add_row(
             str(r["number"]), f"[{style}]{r['state']}[/]", fmt_value(r["value"]),
+            *["" if r["objectives"].get(o) is None else f"{r['objectives'][o]:.4g}" for o in others],
             "" if r["cv_std"] is None else f"{r['cv_std']:.4f}", str(r["epochs"] or ""),
             "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
             *[fmt_param(r["params"].get(p)) for p in params], note,
@@ -193,10 +214,13 @@ def main(args: argparse.Namespace) -> int:
     if args.csv:
         emit(lambda out: write_csv(rows, out))
         return 0
-    direction = study.direction.name.lower()
+    direction = study.directions[0].name.lower()
     metric = study_metric(study, args.tracking_uri)
     if args.json:
         doc = {"study": args.name, "metric": metric, "direction": direction, "trials": rows}
+        if len(study.directions) > 1:
+            doc["objectives"] = [{"metric": n, "direction": d.name.lower()}
+                                 for n, d in zip(objective_names(study), study.directions, strict=True)]
         emit(lambda out: out.write(json.dumps(doc, indent=2, default=str) + "\n"))
         return 0
     from rich.console import Console

@@ -46,6 +46,7 @@ def trial_metrics(metric: str, result) -> dict[str, float]:
         for k, v in enumerate(result.fold_values):
             metrics[f"fold{k}/best_{metric}"] = v
             metrics[f"fold{k}/best_epoch"] = result.fold_best_epochs[k]
+    metrics.update(result.costs)  # hpo's cost metrics: n_params, train_seconds, peak_memory_mb, inference_ms
     return metrics
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
+from hpo.selection import FEASIBLE_ATTR, PARETO_TAG
 from hpo.sqlite_store import check_store, seed_mlflow_db, sqlite_path, use_wal
 from hpo.tracking.names import (
     ATTEMPTS_TAG,
@@ -222,6 +223,8 @@ class Tracker:
             tags[REASON_TAG] = result.reason[:5000]
         if result.packed:
             tags[PACKED_TAG] = result.packed[:5000]
+        if result.feasible is not None:
+            tags[FEASIBLE_ATTR] = str(result.feasible).lower()
         self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
@@ -253,7 +256,7 @@ class Tracker:
         parameters as ``best_*`` params (MLflow params are immutable: a resume keeps the first ones)
         and ``hpo.best.*`` tags (these move), the best trial and the model URI."""
         ts = int(time.time() * 1000)
-        metrics = study_summary(metric, best.value, best.number, refit_epochs, test_metrics, counts)
+        metrics = study_summary(metric, best.values[0], best.number, refit_epochs, test_metrics, counts)
         existing = self.client.get_run(self.out.real_id(self.parent_id)).data.params
         params = {best_param(k): v for k, v in best.params.items()}
         new_params = {k: v for k, v in _flat(params).items() if k not in existing}
@@ -285,6 +288,22 @@ class Tracker:
             path = Path(tmp) / TRIALS_TABLE
             study.trials_dataframe().to_csv(path, index=False)
             self.out.log_artifact(self.parent_id, path, None)
+
+    def mark_front(self, members: list[str]) -> None:
+        """The ``pareto`` tag on the runs of the Pareto front's trials (``members``), and off the runs
+        that had it before (a resumed study whose front moved)."""
+        tagged = {r.info.run_id for r in self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{self.study}' and "
+            f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}' and tags.`{PARETO_TAG}` = 'true'", max_results=50000)}
+        for run_id in members:
+            if run_id not in tagged:
+                self.out.set_tag(run_id, PARETO_TAG, "true")
+        for run_id in tagged - set(members):
+            self.out.delete_tag(run_id, PARETO_TAG)
+
+    def log_parent_file(self, local: Path) -> None:
+        """Upload ``local`` to the root of the parent run's artifacts."""
+        self.out.log_artifact(self.parent_id, local, None)
 
     def tag_study(self, key: str, value: str) -> None:
         """Set tag ``key`` on the parent run."""
