@@ -387,6 +387,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
         objectives = (Objective(metric, direction),)
         check_single(s, problems)
     elif raw.objective is not None:
+        objectives = (Objective(metric, direction),)
         problems.append(("search.objectives", "a user objective (objective:) optimises its own metric; several "
                          "objectives need hpo's training (model:)"))
     check_select(s.select, len(objectives), problems)

@@ -236,3 +236,23 @@ def test_submit_ships_the_factory_module_and_refuses_one_outside(tmp_path, monke
         package("far.yaml", tmp_path / "job2", proj)
     sys.modules.pop("farnets", None)
     sys.modules.pop("nearnets", None)
+
+
+@pytest.mark.slow
+def test_a_multi_objective_study_on_ray_prunes_and_keeps_its_front(local_ray, write_spec, store):
+    from hpo.selection import front
+    from tests._layout import assert_layout
+
+    text = SPEC.format(name="ray-mo", n_trials=6, pruner="successive_halving", epochs=4).replace(
+        "pruner: successive_halving}", "pruner: successive_halving, objectives: [accuracy, n_params]}").replace(
+        "width: [16, 32]", "width: [4, 16, 32]")
+    path = write_spec(text)
+    result = hpo.run(path, tracking_uri=store)
+    study = optuna.load_study(study_name="ray-mo", storage=optuna_storage_for(store))
+    members = front(study)
+    assert members and result.best_number in {t.number for t in members}
+    assert not {t.number for t in members} & {t.number for t in study.trials if t.state.name == "PRUNED"}
+    # the epoch-sink actor kept the first objective's curve of every trial, the workers measured the costs
+    assert all(t.user_attrs.get("hpo.curve") for t in study.trials)
+    assert all(t.user_attrs["hpo.costs"]["n_params"] > 0 for t in study.trials if t.state.name == "COMPLETE")
+    assert_layout(MlflowClient(store, registry_uri=store), result, hpo.load_spec(path).replace(tracking_uri=store))
