@@ -57,12 +57,15 @@ params:
 FOLDS = 2
 
 
-def run_study(sampler: str, seed: int, budget: int, epochs: int, pruner: str = "none") -> dict[str, Any]:
+def run_study(sampler: str, seed: int, budget: int, epochs: int, pruner: str = "none",
+              quick: bool = False) -> dict[str, Any]:
     import hpo
     from hpo.spec import parse_spec
 
     text = (SPEC.replace("SAMPLER", sampler).replace("BUDGET", str(budget)).replace("SEED", str(seed))
             .replace("PRUNER", pruner).replace("EPOCHS", str(epochs)))
+    if quick:  # the same code path on the small digits MLP: seconds, not a minute, in the test suite
+        text = text.replace("dataset: mnist_5k", "dataset: digits").replace("model: cnn", "model: mlp")
     with tempfile.TemporaryDirectory() as tmp:
         spec = parse_spec(text)
         t0 = time.perf_counter()
@@ -83,7 +86,7 @@ def run_study(sampler: str, seed: int, budget: int, epochs: int, pruner: str = "
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 seed, 2 trials, 1 epoch; pruning 2 trials x 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="digits MLP, 1 seed, 2 trials, 1 epoch; pruning 2 trials x 2 epochs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=3)
@@ -109,7 +112,7 @@ def _main(args) -> dict[str, Any]:
     t_all = time.perf_counter()
     for seed in range(seeds):  # interleaved: tpe, random, grid for each seed
         for s in samplers:
-            studies[s].append(run_study(s, seed, budget, epochs))
+            studies[s].append(run_study(s, seed, budget, epochs, quick=args.quick))
     a_wall = time.perf_counter() - t_all
     curves = {}
     for s, rs in studies.items():
@@ -128,7 +131,7 @@ def _main(args) -> dict[str, Any]:
     runs = {p: [] for p in pruners}
     for seed in range(ps):  # interleaved: none, median, successive_halving for each seed
         for p in pruners:
-            runs[p].append(run_study("tpe", seed, pb, pe, p))
+            runs[p].append(run_study("tpe", seed, pb, pe, p, quick=args.quick))
     for k in range(ps):
         ref = runs["none"][k]["best_cv"]
         for p in pruners:

@@ -146,3 +146,20 @@ def test_gpu_check_runs_on_cpu(monkeypatch):
         assert _ok(s[variant]["median"], 1.0), variant
     assert _ok(s["packed_over_unpacked"], 0.01) and _ok(s["epoch1_loss_max_abs_diff"], 0.0, 1.0)
     assert "ray" not in r
+
+
+@pytest.mark.slow
+def test_samplers_benchmark_runs(monkeypatch):
+    from benchmarks import samplers
+
+    _no_md_change(monkeypatch)
+    r = samplers.main(["--quick"])
+    assert set(r["samplers"]) == {"tpe", "gp"}
+    for s in r["samplers"]:
+        best = [r["samplers"][s]["best_cv"][n]["median"] for n in r["marks"]]
+        assert all(0 <= b <= 1 for b in best) and best == sorted(best)  # resumed: the best never drops
+        assert all(_ok(r["samplers"][s]["test"][n]["median"], 0.0, 1) for n in r["marks"])
+    for p in ("none", "successive_halving"):
+        runs = r["mo"][p]["runs"]
+        assert all(0 < x["hypervolume"][r["mo_budget"]] <= 1 and x["epochs"] > 0 and x["front"] >= 1 for x in runs)
+    assert samplers.hypervolume([(0.9, 0.5), (0.5, 0.1)]) == pytest.approx(0.5 * 0.9 + 0.4 * 0.5)

@@ -53,7 +53,8 @@ def _points(sampler: str, seed: int, rounds: int = 6) -> list[list[dict]]:
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_each_sampler_is_reproducible_and_concurrent_trials_get_different_points(sampler):
-    a, b, other = _points(sampler, 0), _points(sampler, 0), _points(sampler, 1)
+    rounds = 4 if sampler == "gp" else 6  # GP asks take a few tenths of a second each
+    a, b, other = _points(sampler, 0, rounds), _points(sampler, 0, rounds), _points(sampler, 1, rounds)
     assert a == b  # same seed, same points
     assert a != other  # another seed, other points
     assert all(first != second for first, second in a)  # two trials in flight never get the same point
@@ -71,8 +72,7 @@ def test_sampler_options_reach_optunas_samplers():
     assert (qmc._qmc_type, qmc._scramble) == ("halton", True)
 
 
-@pytest.mark.parametrize(("sampler", "options"), [("gp", "{n_startup_trials: 2}"), ("cmaes", "{popsize: 4}"),
-                                                  ("qmc", "{qmc_type: halton}")])
+@pytest.mark.parametrize(("sampler", "options"), [("gp", "{n_startup_trials: 2}"), ("cmaes", "{popsize: 4}")])
 def test_a_study_runs_with_each_model_based_sampler_and_names_its_metric(sampler, options, write_spec, store):
     path = write_spec(SPACE.format(name=f"run-{sampler}", sampler=sampler, n_trials=4, seed=0,
                                    extra=f", sampler_options: {options}"))
