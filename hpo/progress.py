@@ -33,8 +33,10 @@ class StudyProgress:
         """Begin drawing for a study of ``total`` trials, ``done`` of them already finished."""
         self.metric = spec.metric
         what = f"objective {spec.model}" if getattr(spec, "is_objective", False) else spec.model
+        from hpo.selection import describe_goal
+
         self.console.print(f"[bold]{spec.name}[/]: {what} on {spec.data.label}, {spec.search.sampler} "
-                           f"sampler, {spec.cv.folds}-fold CV, metric {spec.metric} ({spec.direction})")
+                           f"sampler, {spec.cv.folds}-fold CV, {escape(describe_goal(spec))}")
         self._progress = Progress(
             TextColumn("[bold blue]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,

@@ -123,6 +123,19 @@ def describe_rule(rule: Any) -> str:
     return rule if isinstance(rule, str) else f"weighted {list(rule['weighted'])}"
 
 
+def describe_goal(spec: Any) -> str:
+    """What a study optimises, for ``hpo validate`` and the progress header: ``metric accuracy (maximize)``,
+    or its objectives and select rule; its constraints after."""
+    if spec.is_multi:
+        goal = ("objectives " + ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives)
+                + f", select {describe_rule(spec.search.select or 'first')}")
+    else:
+        goal = f"metric {spec.metric} ({spec.direction})"
+    if spec.constraints:
+        goal += ", constraints " + "; ".join(c.key for c in spec.constraints)
+    return goal
+
+
 def chosen(study: Any, spec: Any) -> tuple[Any | None, str]:
     """The trial to refit and why: the best feasible trial (one objective), or the one ``search.select``
     picks from the feasible Pareto front; ``(None, why)`` when there is none."""

@@ -25,6 +25,7 @@ def main(args: argparse.Namespace) -> int:
 
     from hpo import space
     from hpo.redact import redact
+    from hpo.selection import describe_goal
     from hpo.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -34,7 +35,19 @@ def main(args: argparse.Namespace) -> int:
     what = f"objective {spec.model}" if spec.is_objective else spec.model
     console.print(f"study [bold]{spec.name}[/]: {what} on {spec.data.label} ({spec.task}), "
                   f"{spec.search.sampler} sampler, {spec.n_trials} trials, {spec.cv.folds}-fold CV, "
-                  f"metric {spec.metric} ({spec.direction}), pruner {spec.search.pruner}, seed {spec.search.seed}")
+                  f"{describe_goal(spec)}, pruner {spec.search.pruner}, seed {spec.search.seed}")
+    first = []
+    if spec.search.enqueue:
+        first.append(f"{len(spec.search.enqueue)} enqueued configurations")
+    if spec.search.warm_start:
+        first.append(f"the best {spec.search.warm_start.top_k} of study {spec.search.warm_start.study}")
+    if first:
+        console.print(f"tried first: {' and '.join(first)}")
+    if spec.search.stop:
+        rules = [f"target {spec.search.stop.target:g}"] if spec.search.stop.target is not None else []
+        if spec.search.stop.plateau_trials:
+            rules.append(f"no improvement by {spec.search.stop.min_delta:g} in {spec.search.stop.plateau_trials} trials")
+        console.print(f"stops early at: {' or '.join(rules)}")
     if spec.data.factory:
         args_text = ", ".join(f"{k}={v!r}" for k, v in spec.data.args.items())
         console.print(f"data factory: {spec.data.factory}({args_text}), standardize {spec.data.standardize}")
