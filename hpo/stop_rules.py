@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.metrics import is_better
+from hpo.selection import first_value
 
 TARGET, PLATEAU = "target", "plateau"
 
@@ -47,7 +48,7 @@ class StopRules:
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                 or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))]
         for t in sorted(done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number)):
-            self.observe(t.value if t.state == TrialState.COMPLETE else None)
+            self.observe(first_value(t) if t.state == TrialState.COMPLETE else None)
 
     def reason(self) -> str | None:
         """``target`` or ``plateau`` when a rule says stop, else None."""

@@ -73,6 +73,11 @@ def test_a_multi_objective_study_prunes_on_the_first_objective_and_records_its_f
     assert {"pareto_front.csv"} <= files
     reports = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/pareto_front.html", "report/pareto_front.png"} <= reports
+    # a resume with more trials: the front, its pareto tags and the refit follow the new trials
+    again = hpo.run(path, tracking_uri=store, resume=True, n_trials=13)
+    assert sum(again.counts.values()) == 13
+    assert_layout(MlflowClient(store, registry_uri=store), again, hpo.load_spec(path).replace(tracking_uri=store),
+                  resumed=True)
 
 
 def test_hpo_show_and_compare_show_the_front(write_spec, store, tmp_path):
