@@ -246,8 +246,8 @@ class SearchLoop:
                 self.stop(TRACKING)
             result.reason = f"interrupted ({WHY[self.stops.halting or SIGNAL]}); re-queued on --resume"
         tell(self.study, trial, result, self.spec)
-        if result.state != KILLED:  # an interrupted trial re-runs: it is not finished
-            self.rules.observe(result.value if result.state == COMPLETE else None)
+        if result.state != KILLED:  # an interrupted trial re-runs: it is not finished; an infeasible one has no value
+            self.rules.observe(result.value if result.state == COMPLETE and result.feasible is not False else None)
         self.tracker.end_trial(run_id, result, self.spec.metric)
         if result.state == COMPLETE and result.value is not None and result.feasible is not False:
             self._keep_checkpoint(result, run_id, params)

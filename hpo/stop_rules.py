@@ -1,5 +1,6 @@
 """Study-level stop rules (``search.stop``): stop proposing trials once the best value reaches a
-target, or once it has not improved by ``min_delta`` for ``plateau_trials`` finished trials.
+target, or once it has not improved by ``min_delta`` for ``plateau_trials`` finished trials. With
+``search.constraints`` only feasible trials have a value here.
 
 hpo's own, not Optuna's terminator (deprecated since Optuna 4.9). The rules see every finished
 trial in the order it finished — complete, pruned and failed ones; interrupted trials re-run and
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.metrics import is_better
-from hpo.selection import first_value
+from hpo.selection import first_value, is_feasible
 
 TARGET, PLATEAU = "target", "plateau"
 
@@ -48,7 +49,7 @@ class StopRules:
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                 or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR))]
         for t in sorted(done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number)):
-            self.observe(first_value(t) if t.state == TrialState.COMPLETE else None)
+            self.observe(first_value(t) if t.state == TrialState.COMPLETE and is_feasible(t) else None)
 
     def reason(self) -> str | None:
         """``target`` or ``plateau`` when a rule says stop, else None."""

@@ -156,7 +156,9 @@ def test_constraints_keep_infeasible_trials_out_of_the_refit(write_spec, store):
 
 
 def test_no_feasible_trial_is_a_clear_error_and_nothing_is_refit(write_spec, store, tmp_path):
-    path = write_spec(CONSTRAINED.format(name="tiny", bound=10), "tiny")
+    # the stop target is met by every trial's accuracy, but an infeasible trial has no value for the stop rules
+    path = write_spec(CONSTRAINED.format(name="tiny", bound=10).replace("seed: 1,", "seed: 1, stop: {target: 0.0},"),
+                      "tiny")
     proc = run_cli("run", str(path), "--tracking-uri", store, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "none of the 6 complete trials meets search.constraints (n_params <= 10) of study 'tiny', so nothing " \
