@@ -256,6 +256,16 @@ class pinned_threads:
             self._limits.restore_original_limits()
 
 
+def run_main(ap: Any, argv: list[str] | None, main: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """A benchmark's entry point: ``ap`` gets the shared ``--threads`` flag, then ``main(args)`` runs with
+    quiet logs and that many intra-op threads for every contender."""
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
+    args = ap.parse_args(argv)
+    quiet_logs()
+    with pinned_threads(args.threads):
+        return main(args)
+
+
 def quiet_logs() -> None:
     """Keep MLflow/Optuna/alembic chatter off stdout so the JSON stays readable."""
     import logging

@@ -268,12 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 trials x 2 epochs, once")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     ap.add_argument("--concurrency", default="1,2")
-    args = ap.parse_args(argv)
-    C.quiet_logs()
-    with C.pinned_threads(args.threads):
-        return _main(args)
+    return C.run_main(ap, argv, _main)
 
 
 def _main(args) -> dict[str, Any]:

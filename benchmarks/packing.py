@@ -348,12 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, once; does not write BENCHMARKS.md")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     ap.add_argument("--parts", default="reference,cnn,resnet20", help="which parts to run")
-    args = ap.parse_args(argv)
-    C.quiet_logs()
-    with C.pinned_threads(args.threads):
-        return _main(args)
+    return C.run_main(ap, argv, _main)
 
 
 def hpo_revision() -> str:

@@ -248,14 +248,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 trials x 2 epochs, a 2-point grid, once")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
     ap.add_argument("--only", default=",".join(CONTENDERS))
     ap.add_argument("--gridsearch-repeats", type=int, default=1,
                     help="GridSearchCV takes minutes on 2 cores and does not vary with hpo: run it this many times")
-    args = ap.parse_args(argv)
-    C.quiet_logs()
-    with C.pinned_threads(args.threads):
-        return _main(args)
+    return C.run_main(ap, argv, _main)
 
 
 def _main(args) -> dict[str, Any]:

@@ -153,11 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "budgets 12 and 30)")
     ap.add_argument("--part", choices=("a", "b", "both"), default="both",
                     help="a: samplers, b: multi-objective pruning (each writes its own section)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
-    args = ap.parse_args(argv)
-    C.quiet_logs()
-    with C.pinned_threads(args.threads):
-        return _main(args)
+    return C.run_main(ap, argv, _main)
 
 
 def _main(args) -> dict[str, Any]:

@@ -178,11 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--samplers", default="random,tpe")
     ap.add_argument("--repeats", type=int, default=1, help="accepted for uniformity; a 1,000-trial study runs once")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
-    args = ap.parse_args(argv)
-    C.quiet_logs()
-    with C.pinned_threads(args.threads):
-        return _main(args)
+    return C.run_main(ap, argv, _main)
 
 
 def _main(args) -> dict[str, Any]:

@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--prune-budget", type=int, default=12)
     ap.add_argument("--prune-seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=None, help="alias of --seeds")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every contender (0 = library defaults)")
-    args = ap.parse_args(argv)
-    C.quiet_logs()
-    with C.pinned_threads(args.threads):
-        return _main(args)
+    return C.run_main(ap, argv, _main)
 
 
 def _main(args) -> dict[str, Any]:

@@ -131,7 +131,8 @@ def log_front(study: Any, spec: Spec, tracker: Any) -> None:
     the runs that left it), ``pareto_front.csv`` and the ``hpo.select`` tag on the parent run."""
     import pandas as pd
 
-    from hpo.selection import SELECT_TAG, chosen, front
+    from hpo.selection import chosen, front
+    from hpo.tracking.names import FRONT_TABLE, SELECT_TAG
     from hpo.trial import RUN_ID_ATTR
 
     members = front(study)
@@ -139,11 +140,10 @@ def log_front(study: Any, spec: Spec, tracker: Any) -> None:
     rows = [{"trial": t.number, **{o.metric: v for o, v in zip(spec.objectives, t.values, strict=True)},
              **{f"params_{k}": v for k, v in t.params.items()}} for t in members]
     with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:
-        path = Path(tmp) / "pareto_front.csv"
+        path = Path(tmp) / FRONT_TABLE
         pd.DataFrame(rows).to_csv(path, index=False)
         tracker.log_parent_file(path)
-    _best, why = chosen(study, spec)
-    tracker.tag_study(SELECT_TAG, why)
+    tracker.tag_study(SELECT_TAG, chosen(study, spec, members)[1])
 
 
 def _model_code(spec: Spec) -> list[Any]:

@@ -211,7 +211,9 @@ def build_report(study: Any, out_dir: Path, *, model: Any = None, dataset: Any =
 
                 if len(whole.directions) > 3:
                     raise Skip(f"a Pareto plot draws 2 or 3 objectives, the study has {len(whole.directions)}")
-                names = whole.metric_names or [f"objective {i}" for i in range(len(whole.directions))]
+                from hpo.selection import objective_names
+
+                names = objective_names(whole)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # optuna's matplotlib backend is experimental
                     return (vis.plot_pareto_front(whole, target_names=names),

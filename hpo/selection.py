@@ -20,9 +20,7 @@ COSTS: dict[str, str] = {
     "train_seconds": "seconds the trial trained for (all its folds)",
     "peak_memory_mb": "peak memory the trial added (CUDA: allocated on its GPU; CPU: the process's resident set)",
 }
-FEASIBLE_ATTR = "hpo.feasible"  # on an Optuna trial, and (as a tag) on its run, when the study has constraints
-PARETO_TAG = "pareto"  # "true" on the runs of the trials on the (feasible) Pareto front
-SELECT_TAG = "hpo.select"  # on the parent run: which rule picked the refit trial, and which trial it picked
+FEASIBLE_ATTR = "hpo.feasible"  # on an Optuna trial when the study has constraints (its run: FEASIBLE_TAG)
 
 
 @dataclass(frozen=True)
@@ -68,6 +66,12 @@ def constraint_values(constraints: tuple[Constraint, ...], metric: str, value: f
         v = value if c.metric == metric else costs.get(c.metric)
         out[c.key] = c.violation(v) if v is not None and math.isfinite(v) else math.inf
     return out
+
+
+def objective_names(study: Any) -> list[str]:
+    """A study's objectives by name (Optuna's metric names, which hpo sets), else ``value``, ``value 1``, ..."""
+    names = study.metric_names
+    return list(names) if names else ["value"] + [f"value {i}" for i in range(1, len(study.directions))]
 
 
 def first_value(trial: Any) -> float | None:
@@ -136,12 +140,13 @@ def describe_goal(spec: Any) -> str:
     return goal
 
 
-def chosen(study: Any, spec: Any) -> tuple[Any | None, str]:
+def chosen(study: Any, spec: Any, members: list[Any] | None = None) -> tuple[Any | None, str]:
     """The trial to refit and why: the best feasible trial (one objective), or the one ``search.select``
-    picks from the feasible Pareto front; ``(None, why)`` when there is none."""
+    picks from the feasible Pareto front (``members``, when already computed); ``(None, why)`` when there
+    is none."""
     from optuna.trial import TrialState
 
-    trials = front(study)
+    trials = front(study) if members is None else members
     if not trials:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete:

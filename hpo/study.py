@@ -162,8 +162,9 @@ class StudyRunner:
                     self.tracker.kill_run(run_id)
                 except Exception:  # noqa: S110 - the run may not exist any more; the trial re-runs either way
                     pass
-        self.loop.know_complete(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        self.loop.know_finished(self.study.get_trials(deepcopy=False))
+        stored = self.study.get_trials(deepcopy=False)
+        self.loop.know_complete([t for t in stored if t.state == optuna.trial.TrialState.COMPLETE])
+        self.loop.know_finished(stored)
 
     def _executor(self, training: TrainingSet):
         """The executor the spec asks for, with the training data placed where its trials run."""

@@ -59,7 +59,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     (the MLflow child run), reason.
     """
     from hpo.epochs import CURVE_ATTR
-    from hpo.selection import FEASIBLE_ATTR, first_value, front
+    from hpo.selection import FEASIBLE_ATTR, first_value, front, objective_names
 
     trials = study.get_trials(deepcopy=False)
     sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
@@ -84,13 +84,6 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     rows.sort(key=lambda r: (STATE_ORDER.get(r["state"], 9),
                              sign * r["value"] if r["value"] is not None else math.inf, r["number"]))
     return rows
-
-
-def objective_names(study: Any) -> list[str]:
-    """The study's objectives by name (Optuna's metric names, which hpo sets), else ``value``, ``value 1``, ..."""
-    n = len(study.directions)
-    names = study.metric_names
-    return list(names) if names else ["value"] + [f"value {i}" for i in range(1, n)]
 
 
 def param_names(rows: list[dict[str, Any]]) -> list[str]:
@@ -219,6 +212,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"study": args.name, "metric": metric, "direction": direction, "trials": rows}
         if len(study.directions) > 1:
+            from hpo.selection import objective_names
+
             doc["objectives"] = [{"metric": n, "direction": d.name.lower()}
                                  for n, d in zip(objective_names(study), study.directions, strict=True)]
         emit(lambda out: out.write(json.dumps(doc, indent=2, default=str) + "\n"))

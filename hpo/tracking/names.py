@@ -21,6 +21,8 @@ WORKER_TAG = "hpo.worker"  # where it ran
 GPU_TAG = "hpo.gpu"
 PACKED_TAG = "hpo.packed"  # "true" or "false: <why>": folds trained as one stacked model (also on the parent)
 SOURCE_TAG = "hpo.source"  # "enqueue" or "warm_start OTHER#N": where an enqueued trial's parameters came from
+FEASIBLE_TAG = "hpo.feasible"  # "true" / "false" with search.constraints
+PARETO_TAG = "pareto"  # "true" on the runs of the trials on the (feasible) Pareto front
 BEST_TAG = "best"  # "true" on the one trial run with the best value so far
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}  # hpo.state -> run
 
@@ -28,6 +30,7 @@ STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "kil
 BEST_TRIAL_TAG = "hpo.best_trial"
 BEST_PARAM_TAG = "hpo.best."  # + parameter name
 MODEL_URI_TAG = "hpo.model_uri"
+SELECT_TAG = "hpo.select"  # several objectives: which rule picked the refit trial, and which trial
 STOP_REASON_TAG = "hpo.stop_reason"  # why the search stopped proposing trials: "budget: ...", "target: ...", ...
 
 # artifact folders
@@ -35,6 +38,7 @@ CHECKPOINT_DIR = "checkpoint"  # trial.pt on a top-k trial run, best.pt on the p
 SPEC_DIR = "spec"  # the study's YAML on the parent run
 MODEL_NAME = "model"  # the logged (and registered) refit model
 TRIALS_TABLE = "trials.csv"  # Optuna's trials table on the parent run
+FRONT_TABLE = "pareto_front.csv"  # several objectives: the front's trials, objectives and params, on the parent run
 
 
 def trial_metrics(metric: str, result) -> dict[str, float]:

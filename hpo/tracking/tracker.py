@@ -16,7 +16,6 @@ from typing import Any
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
-from hpo.selection import FEASIBLE_ATTR, PARETO_TAG
 from hpo.sqlite_store import check_store, seed_mlflow_db, sqlite_path, use_wal
 from hpo.tracking.names import (
     ATTEMPTS_TAG,
@@ -24,10 +23,12 @@ from hpo.tracking.names import (
     BEST_TAG,
     BEST_TRIAL_TAG,
     CHECKPOINT_DIR,
+    FEASIBLE_TAG,
     GPU_TAG,
     MODEL_URI_TAG,
     PACKED_TAG,
     PARENT_TAG,
+    PARETO_TAG,
     REASON_TAG,
     ROLE_TAG,
     SOURCE_TAG,
@@ -224,7 +225,7 @@ class Tracker:
         if result.packed:
             tags[PACKED_TAG] = result.packed[:5000]
         if result.feasible is not None:
-            tags[FEASIBLE_ATTR] = str(result.feasible).lower()
+            tags[FEASIBLE_TAG] = str(result.feasible).lower()
         self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
@@ -287,7 +288,7 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="hpo-") as tmp:
             path = Path(tmp) / TRIALS_TABLE
             study.trials_dataframe().to_csv(path, index=False)
-            self.out.log_artifact(self.parent_id, path, None)
+            self.log_parent_file(path)
 
     def mark_front(self, members: list[str]) -> None:
         """The ``pareto`` tag on the runs of the Pareto front's trials (``members``), and off the runs
