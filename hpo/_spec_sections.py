@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hpo._spec_problems import MAX_SEED
 from hpo._spec_search import StopSpec, WarmStartSpec
+from hpo._spec_tracking import NotifySpec, PromoteSpec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -87,7 +88,7 @@ class ExecutionSpec(_Section):
 
 
 class TrackingSpec(_Section):
-    """``tracking:`` — the MLflow store."""
+    """``tracking:`` — the MLflow store, the registered model's name and aliases, notifications, logs."""
 
     uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = None
@@ -97,6 +98,12 @@ class TrackingSpec(_Section):
     storage: str | None = None
     # seconds a tracking server may be unreachable mid-study before the study stops (writes wait meanwhile)
     outage_timeout: float = Field(300.0, gt=0)
+    registered_model: str | None = None  # the registry's model name the refit model is registered as; default: name
+    alias: str | None = None  # set on every newly registered version (e.g. challenger)
+    promote: PromoteSpec | None = None  # move an alias (champion) to the new version only when its test metric wins
+    notify: NotifySpec | None = None  # post the study's events to a webhook whose URL an environment variable holds
+    system_metrics: bool = False  # MLflow's own system metrics (machine-wide: CPU, memory, GPU) on the parent run
+    log_max_kb: int = Field(1024, ge=0)  # each trial's logs/trial.log keeps its last this many KiB; 0: no trial logs
 
 
 class ObjectiveSpec(_Section):

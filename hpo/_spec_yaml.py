@@ -18,7 +18,8 @@ MAX_SPEC_BYTES = 1 << 20  # a study spec is a few hundred bytes; refuse anything
 
 class SpecLoader(yaml.SafeLoader):
     """Safe loader that refuses anchors/aliases (a tiny file could expand to gigabytes), merge keys
-    (they need anchors to be of use) and lists or mappings as keys (unhashable)."""
+    (they need anchors to be of use) and lists or mappings as keys (unhashable), and reads keys such as
+    ``on`` as the names they are (YAML 1.1 makes them booleans)."""
 
     def compose_node(self, parent, index):  # type: ignore[override]
         event = self.peek_event()
@@ -44,6 +45,8 @@ class SpecLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"a key must be a plain name, not a {kind}; write e.g. 'lr:' (a '?' or a "
                     "'[...]'/'{...}' before ':' makes the key itself a collection)", key_node.start_mark)
+            if key_node.tag == "tag:yaml.org,2002:bool":  # YAML 1.1 reads the key `on:` (yes, no, off) as a boolean
+                key_node.tag = "tag:yaml.org,2002:str"
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(

@@ -90,6 +90,8 @@ def summary_table(result: Any) -> Table:
         t.add_row("stopped by", escape(result.stop_reason))
     t.add_row("wall time", f"{result.duration_s:.1f} s")
     t.add_row("MLflow parent run", result.parent_run_id)
-    if result.model_uri:
+    if getattr(result, "registered_model", None):
+        t.add_row("model", escape(result.registered_model))
+    elif result.model_uri:
         t.add_row("model", result.model_uri)
     return t

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,19 @@ class Refit:
     params: dict[str, Any]
 
 
+@dataclass
+class Finale:
+    """What the finale leaves: the logged model's URI, its registered version with aliases, test metrics."""
+
+    model_uri: str | None = None
+    registered: str | None = None  # "models:/NAME/VERSION (@alias, ...)"
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
 def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, parent_id: str,
-           interrupts: Any) -> tuple[str | None, dict[str, float]]:
-    """After the search: refit the best trial, log its model and the trials table (unless this study
-    already did, for the same finished trials), then the report; returns (model URI, test metrics).
+           interrupts: Any) -> Finale:
+    """After the search: refit the best trial, log and register its model and the trials table (unless
+    this study already did, for the same finished trials), then the report.
 
     Each step enters its phase of ``interrupts`` (a Ctrl-C stops a refit at once, waits for logging,
     stops the report before its next plot); what is done is recorded on the study for ``--resume``."""
@@ -50,18 +59,19 @@ def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, pa
         interrupts.enter("refit")
         best = refit_best(study, spec, dataset, executor)
         interrupts.enter("log")
-        model_uri, test_metrics = None, {}
+        model_uri, registered, test_metrics = None, None, {}
         if best is not None:
             model, test_metrics = best.model, best.test_metrics
-            model_uri = log_refit(best, tracker=tracker, parent_id=parent_id, spec=spec, dataset=dataset,
-                                  counts=counts(study))
+            model_uri, registered = log_refit(best, tracker=tracker, parent_id=parent_id, spec=spec,
+                                              dataset=dataset, counts=counts(study))
         tracker.log_trials_table(study)
         if spec.is_multi:
             log_front(study, spec, tracker)
         study.set_user_attr(REFIT_ATTR, {"finished": done, "model_uri": model_uri, "test_metrics": test_metrics,
+                                         "registered": registered,
                                          "best_trial": None if best is None else best.best.number})
     else:  # stopped during the report last time: the model is registered already
-        model_uri, test_metrics = rec.get("model_uri"), rec.get("test_metrics", {})
+        model_uri, registered, test_metrics = rec.get("model_uri"), rec.get("registered"), rec.get("test_metrics", {})
     if spec.tracking.report and study.user_attrs.get(REPORT_ATTR) != done:
         interrupts.enter("report")
         if model is None and model_uri is not None:
@@ -69,7 +79,7 @@ def finale(study: Any, spec: Spec, dataset: Any, executor: Any, tracker: Any, pa
         write_study_report(study, tracker, parent_id, spec, dataset, model, stop=interrupts.check)
     interrupts.enter("log")
     study.set_user_attr(REPORT_ATTR, done)
-    return model_uri, test_metrics
+    return Finale(model_uri, registered, test_metrics)
 
 
 def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | None:
@@ -106,9 +116,10 @@ def refit_best(study: Any, spec: Spec, dataset: Any, executor: Any) -> Refit | N
 
 
 def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset: Any,
-              counts: dict[str, int]) -> str | None:
-    """Checkpoint, logged and registered model, and the summary (metrics, ``best_*`` params,
-    ``hpo.best.*`` tags) on the parent run; returns the model URI."""
+              counts: dict[str, int]) -> tuple[str, str | None]:
+    """Checkpoint, logged and registered model, the summary (metrics, ``best_*`` params, ``hpo.best.*``
+    tags) on the parent run, then the new version's aliases (``tracking.alias``, ``tracking.promote``);
+    returns the logged model's URI and ``models:/NAME/VERSION (@aliases)``."""
     from hpo.checkpoint import save_checkpoint
 
     ds, best = dataset, refit.best
@@ -120,10 +131,11 @@ def log_refit(refit: Refit, *, tracker: Any, parent_id: str, spec: Spec, dataset
                                extra={"trial": best.number, "test_metrics": refit.test_metrics, "spec": spec.raw,
                                       "seed": spec.search.seed})
         tracker.log_checkpoint(parent_id, ckpt)
-    model_uri = tracker.log_model(refit.model, ds, name=spec.name, code=_model_code(spec))
+    model_uri, version = tracker.log_model(refit.model, ds, name=spec.registered_model, code=_model_code(spec))
     tracker.log_result(metric=spec.metric, best=best, refit_epochs=refit.epochs, test_metrics=refit.test_metrics,
                        counts=counts, model_uri=model_uri)
-    return model_uri
+    registered = tracker.register(spec, version, refit.test_metrics) if version else None
+    return model_uri, None if registered is None else registered.describe()
 
 
 def log_front(study: Any, spec: Spec, tracker: Any) -> None:

@@ -56,6 +56,7 @@ from hpo._spec_space import (
     parse_params,
     same_value,
 )
+from hpo._spec_tracking import NotifySpec, PromoteSpec, check_notify, check_registry
 from hpo._spec_yaml import MAX_SPEC_BYTES, SpecLoader, file_kind, read_limited
 from hpo.errors import SpecError
 from hpo.params import MODEL_DEFAULTS, MODELS, default_value, param_names
@@ -132,6 +133,11 @@ class Spec:
         if self.objective is not None:
             return {}
         return {name: default_value(name, self.model) for name in param_names(self.model)}
+
+    @property
+    def registered_model(self) -> str:
+        """The registry's name of the refit model (``tracking.registered_model``, default the study name)."""
+        return self.tracking.registered_model or self.name
 
     @property
     def curve_key(self) -> str:
@@ -300,6 +306,9 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
                          "metrics in its own training; constrain the objective's metric"))
     check_execution(raw.execution, problems)
     check_tracking(raw.tracking, problems)
+    check_registry(raw.tracking, task=task, metric=metric, direction=direction, objective=raw.objective is not None,
+                   evaluate=bool(raw.objective and raw.objective.evaluate), problems=problems)
+    check_notify(raw.tracking, problems)
 
     # params
     # a factory's keywords first (model.<keyword>), then the training parameters: one space, one grammar
@@ -334,5 +343,5 @@ __all__ = [
     "Spec", "DataSpec", "ObjectiveSpec", "SearchSpec", "CVSpec", "ExecutionSpec", "TrackingSpec",
     "Fixed", "Range", "Choice", "Param", "load_spec", "parse_spec", "DATASETS", "MODEL_DEFAULTS",
     "MAX_SPEC_BYTES", "MAX_GRID_POINTS", "MAX_SEED", "MAX_EXPERIMENT_NAME", "DEFAULT_TRACKING_URI",
-    "file_kind", "same_value",
+    "file_kind", "same_value", "NotifySpec", "PromoteSpec",
 ]

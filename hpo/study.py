@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.interrupts import Interrupted, Interrupts
+from hpo.refit import Finale
 from hpo.resume import PARENT_RUN_ATTR, REPORT_ATTR, finished_record
 from hpo.search import counts, finished_count
 from hpo.spec import Spec, load_spec
@@ -41,6 +42,7 @@ class StudyResult:
     experiment_id: str
     model_uri: str | None
     duration_s: float
+    registered_model: str | None = None  # "models:/NAME/VERSION (@alias, ...)": the refit model in the registry
     trials: list[TrialResult] = field(default_factory=list)
     interrupted: bool = False
     already_finished: bool = False  # a resumed study that had nothing left to do (nothing was run or written)
@@ -232,7 +234,8 @@ class StudyRunner:
                 self._prepare()
                 if self.already_finished:
                     self.interrupts.check()
-                    return self._result(self._refit_record.get("model_uri"), self._refit_record.get("test_metrics", {}))
+                    rec = self._refit_record
+                    return self._result(Finale(rec.get("model_uri"), rec.get("registered"), rec.get("test_metrics", {})))
                 # the set-up's objects (MLflow, SQLAlchemy, Optuna, torch: ~10^6 of them) live to the end: keeping
                 # them out of the garbage collector's full passes saves ~0.2-0.35 s per pass (BENCHMARKS.md);
                 # a caller's own frozen objects (gc.freeze before a fork, say) are left as they are
@@ -277,9 +280,9 @@ class StudyRunner:
             lost = True
         if lost:
             self.tracker.end_study("KILLED")
-            return self._settle(self._result(None, {}, interrupted=True))
+            return self._settle(self._result(Finale(), interrupted=True))
         try:
-            model_uri, test_metrics = self._finale()
+            done = self._finale()
         except (KeyboardInterrupt, Interrupted):
             raise
         except Exception as exc:
@@ -288,11 +291,11 @@ class StudyRunner:
             self.tracker.went_down(exc)
             self.loop.stop(TRACKING)
             self.tracker.end_study("KILLED")
-            return self._settle(self._result(None, {}, interrupted=True))
+            return self._settle(self._result(Finale(), interrupted=True))
         self.tracker.end_study("FINISHED")
-        return self._settle(self._result(model_uri, test_metrics))
+        return self._settle(self._result(done))
 
-    def _finale(self) -> tuple[str | None, dict[str, float]]:
+    def _finale(self) -> Finale:
         """Refit the best trial (unless this study already did, for the same trials), then the report."""
         from hpo.refit import finale
 
@@ -314,7 +317,7 @@ class StudyRunner:
                                best_number=None, best_value=None, best_params={}, test_metrics={}, counts={},
                                parent_run_id="", experiment_id="", model_uri=None,
                                duration_s=time.perf_counter() - self._started, interrupted=True)
-        return self._settle(self._result(None, {}, interrupted=True))
+        return self._settle(self._result(Finale(), interrupted=True))
 
     def _fail_study(self, exc: Exception) -> None:
         """The search finished but the refit, model logging or report failed: the parent run ends
@@ -346,16 +349,16 @@ class StudyRunner:
         result.tracking_failed = refused
         return result
 
-    def _result(self, model_uri: str | None, test_metrics: dict[str, float], interrupted: bool = False) -> StudyResult:
+    def _result(self, done: Finale, interrupted: bool = False) -> StudyResult:
         from hpo.selection import chosen
 
         best, why = chosen(self.study, self.spec)
         bn, bv, bp = (best.number, best.values[0], dict(best.params)) if best is not None else (None, None, {})
         return StudyResult(
             name=self.spec.name, metric=self.spec.metric, direction=self.spec.direction, best_number=bn,
-            best_value=bv, best_params=bp, test_metrics=test_metrics, counts=counts(self.study),
+            best_value=bv, best_params=bp, test_metrics=done.test_metrics, counts=counts(self.study),
             parent_run_id=getattr(self, "parent_id", None) or "", experiment_id=self.tracker.experiment_id,
-            model_uri=model_uri, duration_s=time.perf_counter() - self._started,
+            model_uri=done.model_uri, registered_model=done.registered, duration_s=time.perf_counter() - self._started,
             trials=self.loop.results if self.loop is not None else [], interrupted=interrupted,
             already_finished=self.already_finished, stop_reason=getattr(self, "stop_reason", None),
             selected=why if self.spec.is_multi and best is not None else None,

@@ -258,7 +258,7 @@ def _assert_refit(client: Any, layout: Layout, result: Any, spec: Any, files: se
         _same((result.best_number, result.best_params), (best.number, best.params), "result's best trial")
         _same(sorted(result.test_metrics), sorted(task_metrics), "result.test_metrics")
 
-    metrics = {k: v for k, v in data.metrics.items() if not k.startswith("importance_")}
+    metrics = {k: v for k, v in data.metrics.items() if not k.startswith(("importance_", "system/", "study/"))}
     want = {f"best_cv_{m}", "best_trial", "refit_epochs", *(f"test_{k}" for k in task_metrics),
             "n_complete", "n_pruned", "n_failed"}
     _same(sorted(metrics), sorted(want), "parent metrics")
@@ -289,12 +289,18 @@ def _assert_refit(client: Any, layout: Layout, result: Any, spec: Any, files: se
         _same(result.model_uri, model_uri, "result.model_uri")
     logged = client.get_logged_model(model_uri[len("models:/"):])
     _same((logged.source_run_id, logged.status.name), (pid, "READY"), "logged model's run, status")
-    versions = client.search_model_versions(f"name = '{spec.name}'")
-    assert [v for v in versions if v.run_id == pid and v.source == model_uri], \
-        f"no version of registered model {spec.name!r} from {model_uri}: {versions}"
-    _same(sorted({v.run_id for v in versions}), [pid], "runs the registered versions come from")
+    name = spec.registered_model
+    versions = client.search_model_versions(f"name = '{name}'")
+    mine = [v for v in versions if v.run_id == pid and v.source == model_uri]
+    assert mine, f"no version of registered model {name!r} from {model_uri}: {versions}"
+    registered = data.tags.get("hpo.registered_model", "")
+    assert registered.split(" ")[0] == f"models:/{name}/{mine[0].version}", f"hpo.registered_model is {registered!r}"
+    if result is not None:
+        _same(result.registered_model, registered, "result.registered_model")
+    if spec.tracking.registered_model is None:  # a shared registered model holds other studies' versions too
+        _same(sorted({v.run_id for v in versions}), [pid], "runs the registered versions come from")
     if not resumed:
-        _same(len(versions), 1, "registered model versions")
+        _same(len(mine), 1, "registered model versions of this study")
 
     reports = {f for f in files if f.startswith("report/")}
     importances = [k for k in data.metrics if k.startswith("importance_")]

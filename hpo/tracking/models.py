@@ -19,9 +19,11 @@ from hpo.tracking.names import CHECKPOINT_DIR, MODEL_NAME
 log = logging.getLogger("hpo")
 
 
-def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, code: Sequence[Any] = ()) -> str:
+def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str,
+              code: Sequence[Any] = ()) -> tuple[str, str | None]:
     """``mlflow.pytorch.log_model`` onto the parent run, registered as ``name``, with a signature and
-    an input example from the test split and hpo's own code beside it; returns the model URI.
+    an input example from the test split and hpo's own code beside it; returns the logged model's URI
+    and the registered version.
 
     The user's code travels too: the local module file or package folder of every class in ``model``
     that is not torch's or hpo's (and of the functions in ``code``: the model factory or the objective
@@ -61,7 +63,8 @@ def log_model(model: Any, dataset: Any, *, uri: str, parent_id: str, name: str, 
             log.warning("torch.export cannot trace the model (%s); it is logged as a pickle instead",
                         " ".join(str(exc).split())[:200])
             info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
-    return info.model_uri
+    version = info.registered_model_version
+    return info.model_uri, None if version is None else str(version)
 
 
 @contextmanager

@@ -31,7 +31,15 @@ BEST_TRIAL_TAG = "hpo.best_trial"
 BEST_PARAM_TAG = "hpo.best."  # + parameter name
 MODEL_URI_TAG = "hpo.model_uri"
 SELECT_TAG = "hpo.select"  # several objectives: which rule picked the refit trial, and which trial
+REGISTERED_TAG = "hpo.registered_model"  # models:/NAME/VERSION of the refit model, with its aliases: (@champion)
+PROMOTE_TAG = "hpo.promote"  # tracking.promote's decision: "promoted: @champion -> version 3 (...)" or "kept: ..."
 STOP_REASON_TAG = "hpo.stop_reason"  # why the search stopped proposing trials: "budget: ...", "target: ...", ...
+
+# tags on a registered model version (tracking.promote)
+VERSION_DECISION_TAG = "hpo.promote.decision"  # promoted / kept
+VERSION_VALUE_TAG = "hpo.promote.value"  # this version's value of the compared test metric
+VERSION_PREVIOUS_TAG = "hpo.promote.previous_version"  # the version it was compared with
+VERSION_PREVIOUS_VALUE_TAG = "hpo.promote.previous_value"  # and that version's value
 
 # artifact folders
 CHECKPOINT_DIR = "checkpoint"  # trial.pt on a top-k trial run, best.pt on the parent run
@@ -61,6 +69,11 @@ def study_summary(metric: str, best_value: float, best_trial: int, refit_epochs:
     summary.update({f"test_{k}": v for k, v in test_metrics.items()})
     summary.update({f"n_{k}": v for k, v in counts.items()})
     return summary
+
+
+def registered_uri(name: str, version: str | int) -> str:
+    """The registry URI of version ``version`` of registered model ``name``: ``models:/NAME/VERSION``."""
+    return f"models:/{name}/{version}"
 
 
 def best_param(name: str) -> str:

@@ -29,7 +29,9 @@ from hpo.tracking.names import (
     PACKED_TAG,
     PARENT_TAG,
     PARETO_TAG,
+    PROMOTE_TAG,
     REASON_TAG,
+    REGISTERED_TAG,
     ROLE_TAG,
     SOURCE_TAG,
     SPEC_DIR,
@@ -190,10 +192,33 @@ class Tracker:
             self.out.update_run(run_id, status="RUNNING")
             self.out.log_batch(run_id, tags=tags)
         self.parent_id = run_id
+        if spec.tracking.system_metrics:
+            self._start_system_metrics()
         return run_id
 
+    def _start_system_metrics(self) -> None:
+        """MLflow's own system metrics (``system/cpu_utilization_percentage``, memory, disk, network, GPU)
+        on the parent run every 10 s while the study runs: machine-wide, not per trial. They bypass the
+        outbox (MLflow's monitor writes them itself), so an outage loses those samples and nothing else."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self._system = SystemMetricsMonitor(self.out.real_id(self.parent_id), tracking_uri=self.uri,
+                                                resume_logging=True)
+            self._system.start()
+        except Exception as exc:  # noqa: BLE001 - a missing psutil, say: the study runs without them
+            self._system = None
+            log.warning("MLflow's system metrics are off for this study: %s", exc)
+
     def end_study(self, status: str = "FINISHED") -> None:
-        """Close the parent run."""
+        """Close the parent run (and stop MLflow's system metrics, when on)."""
+        system = getattr(self, "_system", None)
+        if system is not None:
+            self._system = None
+            try:
+                system.finish()
+            except Exception as exc:  # noqa: BLE001 - the last sample is not worth a failed study
+                log.warning("MLflow's system metrics did not stop cleanly: %s", exc)
         if self.parent_id:
             self.out.set_terminated(self.parent_id, status=status)
 
@@ -268,12 +293,31 @@ class Tracker:
         self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()],
                            params=new_params, tags=tags)
 
-    def log_model(self, model: Any, dataset: Any, *, name: str, code: Any = ()) -> str:
-        """Log the refit ``model`` on the parent run and register it as ``name``; returns its URI
-        (see :func:`hpo.tracking.models.log_model`)."""
+    def log_model(self, model: Any, dataset: Any, *, name: str, code: Any = ()) -> tuple[str, str | None]:
+        """Log the refit ``model`` on the parent run and register it as ``name``; returns its URI and the
+        registered version (see :func:`hpo.tracking.models.log_model`)."""
         from hpo.tracking.models import log_model
 
-        return log_model(model, dataset, uri=self.uri, parent_id=self.parent_id, name=name, code=code)
+        return log_model(model, dataset, uri=self.uri, parent_id=self.out.real_id(self.parent_id), name=name,
+                         code=code)
+
+    def register(self, spec: Any, version: str, test_metrics: dict[str, float]) -> Any:
+        """Aliases of the newly registered ``version`` of the refit model (``tracking.alias``, and
+        ``tracking.promote``'s decision, also tagged on the parent run); returns its
+        :class:`~hpo.tracking.registry.Registered`."""
+        from hpo._spec_tracking import promote_metric
+        from hpo.tracking.registry import set_aliases
+
+        t = spec.tracking
+        metric, direction = promote_metric(t, spec.metric, spec.direction) if t.promote else (None, None)
+        registered = set_aliases(self.client, name=spec.registered_model, version=version,
+                                 test_metrics=test_metrics, alias=t.alias, promote=t.promote, metric=metric,
+                                 direction=direction)
+        tags = {REGISTERED_TAG: registered.describe()}
+        if registered.decision:
+            tags[PROMOTE_TAG] = registered.decision[:5000]
+        self.out.log_batch(self.parent_id, tags=tags)
+        return registered
 
     def stored_model(self) -> Any:
         """The refit model read back from the parent run's checkpoint, or None."""
