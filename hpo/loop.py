@@ -90,10 +90,12 @@ class SearchLoop:
     """
 
     def __init__(self, spec: Any, study: Any, tracker: Any, executor: Any, dataset: Any, *,
-                 interrupts: Any, progress: Any = None, started: float | None = None, pack: bool = False) -> None:
+                 interrupts: Any, progress: Any = None, started: float | None = None, pack: bool = False,
+                 on_best: Any = None) -> None:
         self.spec, self.study, self.tracker, self.executor, self.dataset = spec, study, tracker, executor, dataset
         self.pack = pack  # trials train their folds as one stacked model (hpo.packing.study_packing)
         self.interrupts, self.progress = interrupts, progress
+        self.on_best = on_best  # called with a trial's result when it beats the best so far (notifications)
         self.started = time.perf_counter() if started is None else started
         self.stops = Stops()
         self.results: list[TrialResult] = []
@@ -254,6 +256,8 @@ class SearchLoop:
             if is_better(result.value, self.best_value, self.spec.direction):
                 self.tracker.move_best(self.best_run, run_id)
                 self.best_value, self.best_run = result.value, run_id
+                if self.on_best is not None:
+                    self.on_best(result)
         result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
         self.results.append(result)
         if self.progress is not None:

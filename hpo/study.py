@@ -156,7 +156,8 @@ class StudyRunner:
                                                    standardize=spec.data.standardize,
                                                    objective=spec.model if spec.is_objective else None))
         self.loop = SearchLoop(spec, self.study, self.tracker, self.executor, ds, interrupts=self.interrupts,
-                               progress=self.progress, started=self._started, pack=self.pack)
+                               progress=self.progress, started=self._started, pack=self.pack,
+                               on_best=self._on_best if self.notifier is not None else None)
         for t in requeue_interrupted(self.study):  # on resume: their runs close KILLED, their params run again
             run_id = self.tracker.real_id(t.user_attrs.get(RUN_ID_ATTR))
             if run_id:
@@ -229,6 +230,7 @@ class StudyRunner:
         self.target = self._target(n_trials)
         self.interrupts = Interrupts(on_stop=self._on_signal)
         self.interrupts.install()
+        self.notifier = _notifier(self.spec)
         try:
             try:
                 self._prepare()
@@ -242,11 +244,16 @@ class StudyRunner:
                 self._froze = gc.get_freeze_count() == 0
                 if self._froze:
                     gc.freeze()
-                return self._run_phases()
+                return self._notified(self._run_phases())
             except (KeyboardInterrupt, Interrupted):
                 with self.interrupts.closing():
-                    return self._stopped()
+                    return self._notified(self._stopped())
+            except Exception as exc:
+                self._notify("failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
+                raise
         finally:
+            if self.notifier is not None:
+                self.notifier.close()
             with self.interrupts.closing():
                 if getattr(self, "_froze", False):
                     gc.unfreeze()
@@ -337,6 +344,40 @@ class StudyRunner:
                          f"failed: {reason}. Fix the cause, then refit with: hpo run {self.spec.path or 'SPEC'} "
                          "--resume (set HPO_DEBUG=1 to see the traceback)") from exc
 
+    # ------------------------------------------------------------------ notifications (tracking.notify)
+
+    def _notify(self, event: str, **extra: Any) -> None:
+        """Post ``event`` with the study's state now, when ``tracking.notify`` asks for it."""
+        if self.notifier is None or not self.notifier.wants(event) or self.tracker is None:
+            return
+        from hpo.notify import payload
+        from hpo.selection import chosen
+
+        try:
+            best = chosen(self.study, self.spec)[0]
+            doc = payload(event, study=self.spec.name, metric=self.spec.metric, direction=self.spec.direction,
+                          best_value=None if best is None else best.values[0],
+                          best_trial=None if best is None else best.number, counts=counts(self.study),
+                          parent_run_id=self.tracker.real_id(getattr(self, "parent_id", None)) or "",
+                          experiment_id=self.tracker.experiment_id, tracking_uri=self.spec.tracking.uri, **extra)
+        except Exception as exc:  # noqa: BLE001 - a notification never fails a study
+            log.warning("tracking.notify: could not describe the %s event: %s", event, exc)
+            return
+        self.notifier.post(doc)
+
+    def _notified(self, result: StudyResult) -> StudyResult:
+        """Post the end of the study: finished, or interrupted with why (a signal, the tracking server gone)."""
+        if result.interrupted:
+            self._notify("interrupted", reason="the tracking server was unreachable" if result.tracking_lost
+                         else "stopped by a signal")
+        elif not result.already_finished:
+            self._notify("finished", model=result.registered_model, test_metrics=result.test_metrics)
+        return result
+
+    def _on_best(self, result: TrialResult) -> None:
+        """A trial beat the best so far (the search loop calls this)."""
+        self._notify("new_best", trial=result.number, value=result.value)
+
     # ------------------------------------------------------------------ results
 
     def _settle(self, result: StudyResult) -> StudyResult:
@@ -363,6 +404,16 @@ class StudyRunner:
             already_finished=self.already_finished, stop_reason=getattr(self, "stop_reason", None),
             selected=why if self.spec.is_multi and best is not None else None,
         )
+
+
+def _notifier(spec: Spec) -> Any:
+    """The study's :class:`~hpo.notify.Notifier`, when ``tracking.notify`` is set."""
+    n = spec.tracking.notify
+    if n is None:
+        return None
+    from hpo.notify import Notifier
+
+    return Notifier(n.url_env, n.on, n.timeout)
 
 
 def run(spec: Spec | str | Path, *, n_trials: int | None = None, seed: int | None = None,
