@@ -23,7 +23,7 @@ INFERENCE_BATCH = 256
 INFERENCE_REPEATS = 5
 
 
-def _rss_kib() -> tuple[int, int] | None:
+def rss_kib() -> tuple[int, int] | None:
     """(VmHWM, VmRSS) of this process in KiB, or None where /proc does not tell."""
     try:
         text = Path("/proc/self/status").read_text()
@@ -31,6 +31,14 @@ def _rss_kib() -> tuple[int, int] | None:
         return None
     hwm, rss = re.search(r"VmHWM:\s+(\d+)", text), re.search(r"VmRSS:\s+(\d+)", text)
     return (int(hwm.group(1)), int(rss.group(1))) if hwm and rss else None
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident set (VmHWM) to the current one ("5" to clear_refs, Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 class CostMeter:
@@ -44,18 +52,15 @@ class CostMeter:
             torch.cuda.reset_peak_memory_stats(device)
             self.base = torch.cuda.memory_allocated(device)
         else:
-            try:  # "5" resets the peak resident set to the current one (Linux >= 4.0)
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass
-            now = _rss_kib()
+            reset_peak_rss()
+            now = rss_kib()
             self.rss0 = now[1] if now else None
 
     def peak_mb(self) -> float | None:
         """Memory the trial added at its peak, in MiB (None where it cannot be read)."""
         if self.device.type == "cuda":
             return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        now = _rss_kib()
+        now = rss_kib()
         if now is None or self.rss0 is None:
             return None
         return max(0, now[0] - self.rss0) / 1024

@@ -223,10 +223,18 @@ def prepare(training: TrainingSet, device: str) -> Any:
 
 
 def train(spec: TrialSpec, data: Any, on_epoch: EpochCallback | None, threads: int) -> TrialResult:
-    """Run trial ``spec`` on ``data`` (from :func:`prepare`): :func:`run_trial`, or the user's objective."""
+    """Run trial ``spec`` on ``data`` (from :func:`prepare`): :func:`run_trial`, or the user's objective;
+    what it used is measured here, where it runs (:mod:`hpo.resources`)."""
+    from hpo.resources import ResourceMeter
+
     if spec.objective:
-        return data.run(spec, on_epoch, threads)
-    return run_trial(spec, data, on_epoch)
+        meter = ResourceMeter(data.device, sum(len(f.train.indices) for f in data.folds))
+        result = data.run(spec, meter.wrap(on_epoch), threads)
+    else:
+        meter = ResourceMeter(data.data.device, sum(len(tr) for tr, _va in data.folds))
+        result = run_trial(spec, data, meter.wrap(on_epoch))
+    result.resources = meter.finish()
+    return result
 
 
 def refit(job: RefitJob, data: Any, x_test: Any, y_test: Any, threads: int) -> tuple[Any, dict[str, float]]:

@@ -99,6 +99,8 @@ class SearchLoop:
         self.started = time.perf_counter() if started is None else started
         self.stops = Stops()
         self.results: list[TrialResult] = []
+        self.launched_at: dict[int, float] = {}  # trial number -> when it was handed to the executor
+        self.busy: list[tuple[float, float]] = []  # (handed over, told) of every finished trial, driver clock
         self.pending: dict[Future, tuple[Any, str, dict[str, Any]]] = {}  # trials in flight
         self.launching: tuple[Any, str | None, dict[str, Any] | None] | None = None
         self.topk = TopK(spec.tracking.keep_checkpoints, spec.direction)
@@ -236,6 +238,7 @@ class SearchLoop:
                        objective=spec.is_objective, keep_weights=spec.tracking.keep_checkpoints > 0,
                        fold_by_fold=spec.search.pruner == "wilcoxon",
                        inference=any(m == "inference_ms" for m in spec.cost_metrics))
+        self.launched_at[trial.number] = time.perf_counter()
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
         with self.interrupts.held():
             self.pending[fut] = self.launching
@@ -247,6 +250,7 @@ class SearchLoop:
             if self.stops.halting is None and self.executor.tracking_lost(wait_s=10.0):
                 self.stop(TRACKING)
             result.reason = f"interrupted ({WHY[self.stops.halting or SIGNAL]}); re-queued on --resume"
+        self.busy.append((self.launched_at.pop(trial.number, time.perf_counter()), time.perf_counter()))
         tell(self.study, trial, result, self.spec)
         if result.state != KILLED:  # an interrupted trial re-runs: it is not finished; an infeasible one has no value
             self.rules.observe(result.value if result.state == COMPLETE and result.feasible is not False else None)

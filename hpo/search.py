@@ -23,6 +23,7 @@ from hpo.trial import (
     KILLED,
     PRUNED,
     REASON_ATTR,
+    RESOURCES_ATTR,
     TrialResult,
 )
 
@@ -241,6 +242,8 @@ def tell(study: Any, trial: Any, result: TrialResult, spec: Spec) -> None:
     trial.set_user_attr(DURATION_ATTR, round(result.duration_s, 3))
     if result.costs:
         trial.set_user_attr(COSTS_ATTR, result.costs)
+    if result.resources:  # for hpo show's memory columns
+        trial.set_user_attr(RESOURCES_ATTR, {k[len("sys/"):]: round(v, 3) for k, v in result.resources.items()})
     if values is not None and spec.constraints:
         import warnings
 

@@ -381,7 +381,10 @@ class StudyRunner:
     # ------------------------------------------------------------------ results
 
     def _settle(self, result: StudyResult) -> StudyResult:
-        """Last try to send waiting writes; what still waits, or was refused, is reported with where it is kept."""
+        """This run's compute on the parent run, then a last try to send waiting writes; what still waits, or
+        was refused, is reported with where it is kept."""
+        if self.loop is not None and getattr(self, "parent_id", None):
+            self._log_compute(result.duration_s)
         waiting, refused = self.tracker.settle()
         result.tracking_waiting = waiting
         result.spool = str(self.tracker.spool) if waiting else None
@@ -389,6 +392,18 @@ class StudyRunner:
         result.tracking_lost = (self.loop is not None and self.loop.tracking_lost) or bool(waiting)
         result.tracking_failed = refused
         return result
+
+    def _log_compute(self, wall_s: float) -> None:
+        """``study/*`` metrics (:func:`hpo.resources.study_compute`) of this invocation, on the parent run."""
+        from hpo.resources import study_compute
+
+        ex = self.spec.execution
+        share = ex.gpus_per_trial if ex.executor == "ray" and ex.gpus_per_trial > 0 else 1.0
+        metrics = study_compute(self.loop.results, self.loop.busy, wall_s, share)
+        try:
+            self.tracker.log_study_metrics(metrics)
+        except Exception as exc:  # noqa: BLE001 - the study's result stands without them
+            log.warning("could not log the study's compute metrics: %s", exc)
 
     def _result(self, done: Finale, interrupted: bool = False) -> StudyResult:
         from hpo.selection import chosen

@@ -27,6 +27,7 @@ DURATION_ATTR = "duration_s"
 FOLD_VALUES_ATTR = "fold_values"  # each fold's best-epoch metric
 FOLD_EPOCHS_ATTR = "fold_best_epochs"  # each fold's best epoch
 CV_STD_ATTR = "cv_std"
+RESOURCES_ATTR = "hpo.resources"  # what a finished trial used: peak_rss_mb, cpu_seconds, gpu_peak_memory_mb
 COSTS_ATTR = "hpo.costs"  # hpo's cost metrics of a complete trial (n_params, train_seconds, ...)
 REASON_ATTR = "reason"  # why it was pruned, failed or stopped
 INTERRUPTED_ATTR = "hpo.interrupted"  # a FAIL that is not final: cut short by the study stopping, re-queued on resume
@@ -80,6 +81,7 @@ class TrialResult:
     attempts: int = 1  # >1 when a lost worker made it run again
     packed: str = ""  # "true", or "false: <why>" when the study packs folds but this trial could not
     costs: dict[str, float] = field(default_factory=dict)  # hpo's cost metrics (hpo.selection.COSTS)
+    resources: dict[str, float] = field(default_factory=dict)  # sys/* totals, measured where it ran (hpo.resources)
     feasible: bool | None = None  # whether it meets search.constraints (None: the study has none, or it failed)
 
     @property

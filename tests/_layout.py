@@ -373,13 +373,16 @@ def _assert_trial_metrics(client: Any, run: Any, t: Any, spec: Any, state: str, 
     """Curves, CV results, duration and epochs of one trial's run against its Optuna record."""
     m, folds = spec.metric, spec.cv.folds
     metrics = run.data.metrics
-    curves = [f"val_{m}", "train_loss", "val_loss", *(f"fold{k}/{key}" for k in range(folds)
-                                                     for key in (f"val_{m}", "train_loss"))]
+    curves = [f"val_{m}", "train_loss", "val_loss", "sys/epoch_seconds", "sys/examples_per_second",
+              *(f"fold{k}/{key}" for k in range(folds) for key in (f"val_{m}", "train_loss"))]
     ended = "duration_s" in t.user_attrs  # told by the study; a killed trial may have been closed without
     assert ended or state == "killed", f"{where}: a {state} trial the study never told"
     want: set[str] = set()
     if ended:
-        want |= {"duration_s", "epochs_trained"}
+        want |= {"duration_s", "epochs_trained", "sys/cpu_seconds", "sys/peak_rss_mb"}
+        want |= {k for k in metrics if k.startswith("sys/gpu_")}  # on CUDA (utilisation with NVML)
+        assert metrics.get("sys/cpu_seconds", -1) >= 0 and metrics.get("sys/peak_rss_mb", 0) > 0, \
+            f"{where}: sys/* totals {({k: v for k, v in metrics.items() if k.startswith('sys/')})}"
         _same(metrics.get("duration_s"), pytest.approx(t.user_attrs["duration_s"], abs=2e-3), f"{where}: duration_s")
     if "fold_values" in t.user_attrs:
         values, epochs = t.user_attrs["fold_values"], t.user_attrs["fold_best_epochs"]

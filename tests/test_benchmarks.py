@@ -120,10 +120,15 @@ def test_packing_benchmark_runs(monkeypatch):
         assert _ok(times["packed_over_unpacked"]["median"], 0.01), part
     assert ref["study"]["packed_tags"] == ["true"] and ref["training"]["packed_tags"] == ["true"]
     assert ref["study"]["unpacked_tags"] == ["false"]
-    # the built-in MLP packs bit for bit: same trials drawn, same fold values and weights
-    assert ref["study"]["same_parameter_sets"] is True
-    assert ref["study"]["fold_value_max_abs_diff"] == 0 and ref["training"]["fold_value_max_abs_diff"] == 0
-    assert ref["training"]["weights_max_abs_diff"] == 0
+    # the built-in MLP packs bit for bit where this CPU's batched products round like single ones (tests/test_packing)
+    from tests.test_packing import batched_products_round_alike
+
+    if batched_products_round_alike():
+        assert ref["study"]["same_parameter_sets"] is True
+        assert ref["study"]["fold_value_max_abs_diff"] == 0 and ref["training"]["fold_value_max_abs_diff"] == 0
+        assert ref["training"]["weights_max_abs_diff"] == 0
+    else:  # rounding-only drift, inside the yardstick of BENCHMARKS.md section 6
+        assert 0 <= ref["training"]["fold_value_max_abs_diff"] <= 0.03 and ref["training"]["weights_max_abs_diff"] < 0.1
     assert set(r["conv"]) == {"cnn", "resnet20"}
     for name, c in r["conv"].items():
         assert c["trials"] and all(t["packed"] == "true" for t in c["trials"]), name

@@ -3,9 +3,10 @@ the numbers of the sequential loop.
 
 Where the arithmetic is the same it is tested as the same: the built-in MLP's hand-stacked path (batched
 matrix products, one optimizer over stacked weights, each fold's own dropout stream) against the
-sequential loop after whole trials. Tolerances: weights to ``rtol 1e-5 / atol 1e-6`` (a batched matrix
-product may round differently from k single ones on another CPU; on this machine they agree bit for bit)
-and fold accuracies to one validation example (a rounding difference that flips one prediction).
+sequential loop after one step on every CPU (weights to ``rtol 1e-5 / atol 1e-6``), and after whole trials
+where this CPU's batched matrix product rounds like k single ones (weights as after one step, fold
+accuracies to one validation example); where it does not (an AVX-512 AMD EPYC), whole trials drift apart
+as any rounding change makes them, and are held to the convolutional models' yardstick below.
 
 The generic path (``torch.func.vmap``, CNN and ResNet; dropout masks still drawn per fold from each fold's
 own generator) runs other convolution kernels, so it is exact per step (one optimizer step: weights, BatchNorm statistics and losses to ``1e-5``) but not over many: training
@@ -73,8 +74,25 @@ def both(fd: FoldData, model: str = "mlp", **overrides: Any) -> tuple[TrialResul
     return unpacked, packed
 
 
+@functools.cache
+def batched_products_round_alike() -> bool:
+    """Whether this CPU's packed arithmetic (batched matrix products forward and backward, per-fold loss
+    means) gives the bits of k single folds: one epoch of a plain MLP trial, packed and not. On the AVX2
+    machines this was first measured on it has; on an AVX-512 AMD EPYC weights differ by ~1e-7 after one
+    epoch, and whole trials at float precision then drift apart as any rounding change makes them."""
+    unpacked, packed = both(digits(n=300), epochs=1)
+    return all(torch.equal(a[k], b[k]) for a, b in zip(unpacked.checkpoint["folds"], packed.checkpoint["folds"],
+                                                         strict=True) for k in a)
+
+
 def assert_same_trial(unpacked: TrialResult, packed: TrialResult, n_val: int) -> None:
+    """Where batched products round like single ones: one validation example (of the smallest fold,
+    ``n_val`` examples) and weights to 1e-5. Elsewhere whole trials are held to the rounding yardstick of
+    the convolutional models (0.03), and the arithmetic to one step (the ``one_packed_step`` tests)."""
     assert packed.packed == "true" and unpacked.packed == ""
+    if not batched_products_round_alike():
+        assert np.max(np.abs(np.subtract(packed.fold_values, unpacked.fold_values))) <= 0.03 + 1e-9
+        return
     assert np.allclose(packed.fold_values, unpacked.fold_values, rtol=0, atol=1.0 / n_val + 1e-12)
     assert packed.fold_best_epochs == unpacked.fold_best_epochs
     for a, b in zip(unpacked.checkpoint["folds"], packed.checkpoint["folds"], strict=True):
@@ -109,12 +127,28 @@ MLP_CASES = {
 def test_a_packed_mlp_trial_gives_the_sequential_loops_numbers(overrides: dict[str, Any]) -> None:
     fd = digits()
     assert sorted({len(tr) for tr, _ in fd.folds}) == [1196, 1197]  # unequal parts: ragged last batches
-    assert_same_trial(*both(fd, **overrides), n_val=599)
+    assert_same_trial(*both(fd, **overrides), n_val=598)
+
+
+@pytest.mark.parametrize("overrides", list(MLP_CASES.values()), ids=list(MLP_CASES))
+def test_one_packed_step_of_an_mlp_matches_the_sequential_one(overrides: dict[str, Any]) -> None:
+    """Every CPU: equal training parts of 200 and one batch, one optimizer step per fold, stacked by hand."""
+    fd = digits(n=300)
+    overrides = {**overrides, "epochs": 1, "batch_size": 256, "patience": 0}
+    a, ma = _step_metrics(fd, "mlp", False, **overrides)
+    b, mb = _step_metrics(fd, "mlp", True, **overrides)
+    assert (a.state, b.state, b.packed) == (COMPLETE, COMPLETE, "true")
+    for k in range(3):
+        assert mb[f"fold{k}/train_loss"] == pytest.approx(ma[f"fold{k}/train_loss"], rel=1e-6)
+    for sa, sb in zip(a.checkpoint["folds"], b.checkpoint["folds"], strict=True):
+        assert list(sa) == list(sb)
+        for key in sa:
+            assert torch.allclose(sa[key].double(), sb[key].double(), rtol=1e-5, atol=1e-6), key
 
 
 def test_augmented_images_pack_with_each_folds_own_crops() -> None:
     fd = digits(images=True)
-    assert_same_trial(*both(fd, augment=True, dropout=0.1), n_val=599)
+    assert_same_trial(*both(fd, augment=True, dropout=0.1), n_val=598)
 
 
 def test_a_regression_trial_packs_with_each_folds_own_target_scaling() -> None:

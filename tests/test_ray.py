@@ -74,6 +74,13 @@ def test_study_on_local_ray_records_like_a_local_run(local_ray, write_spec, stor
         assert c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2, 3]
         assert "cpu" in c.data.tags["hpo.worker"] and c.data.tags["hpo.attempts"] == "1"
+        # what the trial used, measured in its worker: another process than this one, one torch thread
+        assert f"(pid {os.getpid()})" not in c.data.tags["hpo.worker"]
+        m = c.data.metrics
+        assert m["sys/peak_rss_mb"] > 50 and 0 < m["sys/cpu_seconds"] <= 2 * m["duration_s"] + 0.5, m
+        epochs = client.get_metric_history(c.info.run_id, "sys/epoch_seconds")
+        assert [e.step for e in epochs] == [1, 2, 3] and all(e.value > 0 for e in epochs)
+    assert 0 < client.get_run(parent[0].info.run_id).data.metrics["study/training_share"] <= 1
     # two workers shared the trials: they ran in two different processes
     assert len({c.data.tags["hpo.worker"] for c in children}) == 2
     assert result.test_metrics["accuracy"] > 0.8

@@ -46,7 +46,8 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
     """Everything ``hpo compare`` shows about one study, as a plain dict.
 
     Keys: name, metric, direction, best_value, best_trial, test_value (``test_<metric>`` of the
-    refit model), test_metrics (all of them), trials, complete, pruned, failed, wall_s,
+    refit model), test_metrics (all of them), trials, complete, pruned, failed, wall_s, compute (the last
+    ``hpo run``'s trial_seconds, gpu_seconds, wall_seconds, training_share from the parent run),
     best_params, settings (dataset, model, sampler, pruner, folds, seed from the parent run),
     importances, parent_run_id, status.
     """
@@ -88,6 +89,7 @@ def study_summary(name: str, tracking_uri: str | None) -> dict[str, Any]:
         "test_metrics": {k[len("test_"):]: v for k, v in sorted(metrics.items()) if k.startswith("test_")},
         "trials": sum(counts.values()), **counts,
         "wall_s": _wall_s(run, study.get_trials(deepcopy=False)),
+        "compute": {k[len("study/"):]: v for k, v in metrics.items() if k.startswith("study/")},
         "best_params": best_params,
         "settings": {k: params[k] for k in SETTINGS if k in params},
         "importances": {k[len("importance_"):]: v for k, v in metrics.items() if k.startswith("importance_")},
@@ -142,7 +144,12 @@ def render_table(studies: list[dict[str, Any]]) -> Any:
     row("complete", [str(s["complete"]) for s in studies])
     row("pruned", [str(s["pruned"]) for s in studies])
     row("failed", [str(s["failed"]) for s in studies])
-    row("wall time", [fmt_duration(s["wall_s"]) for s in studies], section=True)
+    row("wall time", [fmt_duration(s["wall_s"]) for s in studies])
+    row("trial compute", [fmt_duration(s["compute"].get("trial_seconds")) for s in studies])
+    if any("gpu_seconds" in s["compute"] for s in studies):
+        row("GPU time", [fmt_duration(s["compute"].get("gpu_seconds")) for s in studies])
+    row("share training", ["" if s["compute"].get("training_share") is None else
+                           f"{s['compute']['training_share']:.0%}" for s in studies], section=True)
     for key in SETTINGS:
         if any(key in s["settings"] for s in studies):
             row(key, [str(s["settings"].get(key, "")) for s in studies])
@@ -166,11 +173,11 @@ def write_csv(studies: list[dict[str, Any]], out: Any) -> None:
         params.update(dict.fromkeys(s["best_params"]))
         tests.update(dict.fromkeys(s["test_metrics"]))
     head = ["name", "metric", "direction", "best_value", "best_trial", "test_value", "trials", "complete",
-            "pruned", "failed", "wall_s", *SETTINGS]
+            "pruned", "failed", "wall_s", "trial_seconds", "gpu_seconds", "training_share", *SETTINGS]
     w = csv.writer(out)
     w.writerow([*head, *[f"best_{p}" for p in params], *[f"test_{t}" for t in tests]])
     for s in studies:
-        flat = {**s, **s["settings"]}
+        flat = {**s, **s["compute"], **s["settings"]}
         w.writerow([("" if flat.get(k) is None else flat.get(k)) for k in head]
                    + ["" if s["best_params"].get(p) is None else s["best_params"][p] for p in params]
                    + ["" if s["test_metrics"].get(t) is None else s["test_metrics"][t] for t in tests])

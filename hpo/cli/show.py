@@ -10,7 +10,7 @@ from typing import Any
 
 from hpo.cli._common import add_tracking_uri, open_study
 from hpo.resume import METRIC_ATTR, PARENT_RUN_ATTR
-from hpo.trial import CV_STD_ATTR, DURATION_ATTR, INTERRUPTED_ATTR, REASON_ATTR, RUN_ID_ATTR
+from hpo.trial import CV_STD_ATTR, DURATION_ATTR, INTERRUPTED_ATTR, REASON_ATTR, RESOURCES_ATTR, RUN_ID_ATTR
 
 NAME = "show"
 HELP = "print a study's trials as a table, best first"
@@ -78,6 +78,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "cv_std": _num(t.user_attrs.get(CV_STD_ATTR)) if value is not None else None,
             "epochs": len(t.intermediate_values) or len(t.user_attrs.get(CURVE_ATTR, {})),
             "duration_s": _num(duration), "params": dict(t.params),
+            "peak_rss_mb": _num(t.user_attrs.get(RESOURCES_ATTR, {}).get("peak_rss_mb")),
+            "gpu_peak_mb": _num(t.user_attrs.get(RESOURCES_ATTR, {}).get("gpu_peak_memory_mb")),
             "best": t.number in best, "feasible": t.user_attrs.get(FEASIBLE_ATTR), "run_id": t.user_attrs.get(RUN_ID_ATTR),
             "reason": t.user_attrs.get(REASON_ATTR) or "",
         })
@@ -143,19 +145,22 @@ def emit(write: Any) -> None:
 
 
 def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
-    """Rows as CSV: number, state, value, cv_std, epochs_trained, duration_s, one column per parameter, run_id, reason."""
+    """Rows as CSV: number, state, value, cv_std, epochs_trained, duration_s, peak_rss_mb, one column per parameter,
+    run_id, reason."""
     import csv
 
     params = param_names(rows)
     w = csv.writer(out)
     others = list(dict.fromkeys(k for r in rows for k in r["objectives"]))
-    w.writerow(["number", "state", "value", *others, "cv_std", "epochs_trained", "duration_s", *params, "run_id",
+    w.writerow(["number", "state", "value", *others, "cv_std", "epochs_trained", "duration_s", "peak_rss_mb", *params,
+                "run_id",
                 "reason"])
     for r in rows:
         w.writerow([r["number"], r["state"], "" if r["value"] is None else repr(r["value"]),
                     *["" if r["objectives"].get(k) is None else repr(r["objectives"][k]) for k in others],
                     "" if r["cv_std"] is None else repr(r["cv_std"]), r["epochs"],
                     "" if r["duration_s"] is None else f"{r['duration_s']:.3f}",
+                    "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.1f}",
                     *["" if r["params"].get(p) is None else r["params"][p] for p in params],
                     r["run_id"] or "", r["reason"]])
 
@@ -182,6 +187,10 @@ def render_table(name: str, rows: list[dict[str, Any]], direction: str, metric: 
     table.add_column("± std", justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("seconds", justify="right")
+    table.add_column("RSS MB", justify="right")
+    gpu = any(r["gpu_peak_mb"] is not None for r in rows)
+    if gpu:
+        table.add_column("GPU MB", justify="right")
     for p in params:
         table.add_column(p, justify="right")
     table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
@@ -194,6 +203,8 @@ def render_table(name: str, rows: list[dict[str, Any]], direction: str, metric: 
             *["" if r["objectives"].get(o) is None else f"{r['objectives'][o]:.4g}" for o in others],
             "" if r["cv_std"] is None else f"{r['cv_std']:.4f}", str(r["epochs"] or ""),
             "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+            "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
+            *(["" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f}"] if gpu else []),
             *[fmt_param(r["params"].get(p)) for p in params], note,
             style="bold" if r["best"] else None,
         )

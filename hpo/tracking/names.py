@@ -59,6 +59,7 @@ def trial_metrics(metric: str, result) -> dict[str, float]:
             metrics[f"fold{k}/best_{metric}"] = v
             metrics[f"fold{k}/best_epoch"] = result.fold_best_epochs[k]
     metrics.update(result.costs)  # hpo's cost metrics: n_params, train_seconds, peak_memory_mb, inference_ms
+    metrics.update(result.resources)  # sys/peak_rss_mb, sys/cpu_seconds, sys/gpu_* (hpo.resources)
     return metrics
 
 

@@ -293,6 +293,11 @@ class Tracker:
         self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()],
                            params=new_params, tags=tags)
 
+    def log_study_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics on the parent run (the study's compute: ``study/*``)."""
+        ts = int(time.time() * 1000)
+        self.out.log_batch(self.parent_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()])
+
     def log_model(self, model: Any, dataset: Any, *, name: str, code: Any = ()) -> tuple[str, str | None]:
         """Log the refit ``model`` on the parent run and register it as ``name``; returns its URI and the
         registered version (see :func:`hpo.tracking.models.log_model`)."""
