@@ -52,10 +52,24 @@ class FoldData:
 
 
 def record_failure(result: TrialResult, exc: BaseException) -> None:
-    """Record an exception inside a trial as its failure: type, message and where it happened."""
+    """Record an exception inside a trial as its failure: type, message and where it happened (and the
+    whole traceback at the end of the trial's log)."""
+    from hpo.trial_logs import current
+
+    log = current()
+    if log is not None:
+        log.fail(exc)
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
     result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
+
+
+def _log_failure(exc: BaseException) -> None:
+    from hpo.trial_logs import current
+
+    log = current()
+    if log is not None:
+        log.fail(exc)
 
 
 class SequentialFolds:
@@ -167,7 +181,9 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
                     break
     except Diverged as exc:
         result.state, result.reason = FAILED, str(exc)
-    except torch.OutOfMemoryError:
+        _log_failure(exc)
+    except torch.OutOfMemoryError as exc:
+        _log_failure(exc)
         result.state = FAILED
         result.reason = (f"CUDA out of memory at batch_size {spec.params.get('batch_size')}; "
                          "lower the batch_size choices or run fewer trials per GPU")
@@ -226,14 +242,19 @@ def train(spec: TrialSpec, data: Any, on_epoch: EpochCallback | None, threads: i
     """Run trial ``spec`` on ``data`` (from :func:`prepare`): :func:`run_trial`, or the user's objective;
     what it used is measured here, where it runs (:mod:`hpo.resources`)."""
     from hpo.resources import ResourceMeter
+    from hpo.trial_logs import capture
 
-    if spec.objective:
-        meter = ResourceMeter(data.device, sum(len(f.train.indices) for f in data.folds))
-        result = data.run(spec, meter.wrap(on_epoch), threads)
-    else:
-        meter = ResourceMeter(data.data.device, sum(len(tr) for tr, _va in data.folds))
-        result = run_trial(spec, data, meter.wrap(on_epoch))
-    result.resources = meter.finish()
+    with capture(spec.log_max_bytes) as log:
+        if spec.objective:
+            meter = ResourceMeter(data.device, sum(len(f.train.indices) for f in data.folds))
+            result = data.run(spec, meter.wrap(on_epoch), threads)
+        else:
+            meter = ResourceMeter(data.data.device, sum(len(tr) for tr, _va in data.folds))
+            result = run_trial(spec, data, meter.wrap(on_epoch))
+        result.resources = meter.finish()
+    if result.state == FAILED and not log.failure and result.reason:
+        log.write(f"\ntrial failed: {result.reason}\n")
+    result.log = log.text()
     return result
 
 

@@ -237,7 +237,8 @@ class SearchLoop:
                        direction=spec.direction, seed=spec.search.seed, run_id=run_id, pack=self.pack,
                        objective=spec.is_objective, keep_weights=spec.tracking.keep_checkpoints > 0,
                        fold_by_fold=spec.search.pruner == "wilcoxon",
-                       inference=any(m == "inference_ms" for m in spec.cost_metrics))
+                       inference=any(m == "inference_ms" for m in spec.cost_metrics),
+                       log_max_bytes=spec.tracking.log_max_kb * 1024)
         self.launched_at[trial.number] = time.perf_counter()
         fut = self.executor.submit(ts)  # the inline executor runs the whole trial here
         with self.interrupts.held():

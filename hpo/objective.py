@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hpo import trial_logs
 from hpo.metrics import is_better
 from hpo.trial import COMPLETE, FAILED, KILLED, PRUNED, EpochCallback, TrialResult, TrialSpec, Verdict
 
@@ -309,6 +310,9 @@ def _fold_by_fold(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], context
                     torch.manual_seed(seeds[i])
                     returned[i] = fn(dict(spec.params), fold, contexts[i])
             except BaseException as exc:  # the user's code: its failure is the trial's
+                log = trial_logs.current()
+                if log is not None:
+                    log.fail(exc, f" in fold {i}")
                 errors.append((i, exc))
                 return None
             if by_fold.final is not None:
@@ -350,19 +354,24 @@ def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *
                                 returned, errors)
         return _result(result, start, lock, errors, problem, fn, spec, returned, contexts, keep_weights)
 
+    trial_log = trial_logs.current()
+
     def one(i: int) -> None:
         torch.set_num_threads(threads)  # OpenMP settings are per thread; one fold runs at a time
-        try:
-            lock.begin(i)
-            returned[i] = fn(dict(spec.params), folds[i], contexts[i])
-        except Stopped:
+        with trial_logs.adopt(trial_log):  # what the fold prints and logs is the trial's
+            try:
+                lock.begin(i)
+                returned[i] = fn(dict(spec.params), folds[i], contexts[i])
+            except Stopped:
+                lock.done(i)
+                return
+            except BaseException as exc:  # the user's code: its failure is the trial's
+                if trial_log is not None:
+                    trial_log.fail(exc, f" in fold {i}")
+                errors.append((i, exc))
+                lock.done(i, failed=True)
+                return
             lock.done(i)
-            return
-        except BaseException as exc:  # the user's code: its failure is the trial's
-            errors.append((i, exc))
-            lock.done(i, failed=True)
-            return
-        lock.done(i)
 
     workers = [threading.Thread(target=one, args=(i,), name=f"hpo-fold{i}", daemon=True) for i in range(k)]
     for w in workers:

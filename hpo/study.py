@@ -230,7 +230,14 @@ class StudyRunner:
         self.target = self._target(n_trials)
         self.interrupts = Interrupts(on_stop=self._on_signal)
         self.interrupts.install()
-        self.notifier = _notifier(self.spec)
+        from hpo.trial_logs import study_log
+
+        with study_log(self.spec.tracking.log_max_kb * 1024) as self.driver_log:
+            self.notifier = _notifier(self.spec)
+            return self._run_logged()
+
+    def _run_logged(self) -> StudyResult:
+        """:meth:`run` while the driver's log is kept (``logs/study.log``)."""
         try:
             try:
                 self._prepare()
@@ -250,6 +257,7 @@ class StudyRunner:
                     return self._notified(self._stopped())
             except Exception as exc:
                 self._notify("failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
+                self._log_driver()
                 raise
         finally:
             if self.notifier is not None:
@@ -385,6 +393,7 @@ class StudyRunner:
         was refused, is reported with where it is kept."""
         if self.loop is not None and getattr(self, "parent_id", None):
             self._log_compute(result.duration_s)
+            self._log_driver()
         waiting, refused = self.tracker.settle()
         result.tracking_waiting = waiting
         result.spool = str(self.tracker.spool) if waiting else None
@@ -392,6 +401,17 @@ class StudyRunner:
         result.tracking_lost = (self.loop is not None and self.loop.tracking_lost) or bool(waiting)
         result.tracking_failed = refused
         return result
+
+    def _log_driver(self) -> None:
+        """The driver's log so far as the parent run's ``logs/study.log`` (when there is a parent run)."""
+        from hpo.tracking.names import STUDY_LOG
+
+        if self.driver_log is None or self.tracker is None or not getattr(self, "parent_id", None):
+            return
+        try:
+            self.tracker.log_parent_text(self.driver_log.text(), STUDY_LOG)
+        except Exception as exc:  # noqa: BLE001 - the study's result stands without it
+            log.warning("could not log the study's log: %s", exc)
 
     def _log_compute(self, wall_s: float) -> None:
         """``study/*`` metrics (:func:`hpo.resources.study_compute`) of this invocation, on the parent run."""

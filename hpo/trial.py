@@ -62,6 +62,7 @@ class TrialSpec:
     keep_weights: bool = True  # a user objective must call ctx.save (tracking.keep_checkpoints > 0)
     fold_by_fold: bool = False  # a user objective's folds one after another, each fold's value to the pruner (wilcoxon)
     inference: bool = False  # measure inference_ms after training (an objective or constraint names it)
+    log_max_bytes: int = 0  # keep the last this many characters of what the trial prints and logs (hpo.trial_logs)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrialResult:
     attempts: int = 1  # >1 when a lost worker made it run again
     packed: str = ""  # "true", or "false: <why>" when the study packs folds but this trial could not
     costs: dict[str, float] = field(default_factory=dict)  # hpo's cost metrics (hpo.selection.COSTS)
+    log: str = ""  # what it printed and logged, ending with a failure's traceback (logs/trial.log)
     resources: dict[str, float] = field(default_factory=dict)  # sys/* totals, measured where it ran (hpo.resources)
     feasible: bool | None = None  # whether it meets search.constraints (None: the study has none, or it failed)
 

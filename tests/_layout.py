@@ -25,7 +25,7 @@ import pytest
 RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 SETTINGS = ("dataset", "model", "sampler", "n_trials", "seed", "metric", "direction", "pruner", "folds",
             "test_size", "executor", "max_concurrent_trials")
-PARENT_ARTIFACTS = {"spec", "trials.csv", "checkpoint", "report", "pareto_front.csv"}  # the parent run's root
+PARENT_ARTIFACTS = {"spec", "trials.csv", "checkpoint", "report", "pareto_front.csv", "logs"}  # the parent run's root
 MAX_RUN_NAME = 250  # a child run's name is cut there
 
 
@@ -220,6 +220,8 @@ def _assert_parent(client: Any, layout: Layout, result: Any, spec: Any, status: 
     files = _files(client, pid)
     roots = {f.split("/", 1)[0] for f in files}
     assert roots <= PARENT_ARTIFACTS, f"parent artifacts {sorted(files)}: only {sorted(PARENT_ARTIFACTS)} belong there"
+    _same(sorted(f for f in files if f.startswith("logs/")), ["logs/study.log"] if spec.tracking.log_max_kb else [],
+          "the driver's log on the parent run")
     if spec.source:
         stored = f"spec/{Path(spec.path or 'spec.yaml').name}"
         assert stored in files, f"{stored} missing from the parent run: {sorted(files)}"
@@ -346,6 +348,9 @@ def _assert_children(client: Any, layout: Layout, spec: Any) -> None:
             assert "hpo.reason" not in tags, f"{where}: hpo.reason {tags['hpo.reason']!r} on a complete trial"
         _assert_trial_metrics(client, run, t, spec, state, int(want["epochs"]), where)
         files = _files(client, run.info.run_id)
+        if state == "failed" and spec.tracking.log_max_kb:  # its log ends with why (the traceback)
+            assert "logs/trial.log" in files, f"{where}: a failed trial without logs/trial.log"
+        files.discard("logs/trial.log")  # what the trial printed or logged, when it did
         _same(files, {"checkpoint/trial.pt"} if t.number in kept else set(),
               f"{where}: artifacts (top {spec.tracking.keep_checkpoints} complete trials keep checkpoint/trial.pt)")
 

@@ -243,7 +243,13 @@ def test_a_long_outage_stops_cleanly_then_sync_and_resume_complete_the_study(ser
         assert not list(spool.glob("ops-*.jsonl")) and not list(spool.glob("failed-*.jsonl"))
         assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing sent to (or created in) a local store
         # every trial Optuna finished has its MLflow run, closed, with its CV result and curves; the parent KILLED
-        _layout(server, tmp_path, spec, status="KILLED")
+        killed = _layout(server, tmp_path, spec, status="KILLED")
+        # the driver's log, written while the server was away, arrived with the rest: it tells the outage
+        from mlflow import MlflowClient
+
+        study_log = MlflowClient(tracking_uri=server).download_artifacts(
+            killed.parent.info.run_id, "logs/study.log", str(tmp_path / "logs"))
+        assert "the tracking server does not answer" in Path(study_log).read_text()
 
         resumed = subprocess.run([sys.executable, "-m", "hpo", "run", str(spec), "--resume"], cwd=tmp_path,
                                  capture_output=True, text=True, timeout=600)

@@ -28,6 +28,10 @@ class Tiny(nn.Module):
 
 
 def build(input_shape, n_outputs, hidden: int = 8):
+    import logging
+
+    print(f"building a Tiny with hidden={hidden}")
+    logging.getLogger("raynets").warning("hidden=%d is small", hidden)
     return Tiny(input_shape[0], n_outputs, hidden)
 '''
 
@@ -65,4 +69,10 @@ def test_a_factory_model_study_runs_on_a_local_ray(tmp_path):
     children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
     assert len(children) == 2 and all("model.hidden" in r.data.params for r in children)
     assert not [r for r in children if r.data.tags["hpo.worker"].startswith("local")]  # ran on Ray workers
+    for r in children:  # what the factory printed and logged on the worker is in the trial's log
+        hidden = r.data.params["model.hidden"]
+        log = (tmp_path / r.info.run_id)
+        text = open(client.download_artifacts(r.info.run_id, "logs/trial.log", str(log))).read()
+        assert f"building a Tiny with hidden={hidden}\n" in text and f"WARNING raynets: hidden={hidden} is small" in text
+        assert f"hidden={12 - int(hidden)}" not in text, text  # not the other trial's
     assert len(client.search_model_versions("name='ray-factory'")) == 1

@@ -46,6 +46,8 @@ CHECKPOINT_DIR = "checkpoint"  # trial.pt on a top-k trial run, best.pt on the p
 SPEC_DIR = "spec"  # the study's YAML on the parent run
 MODEL_NAME = "model"  # the logged (and registered) refit model
 TRIALS_TABLE = "trials.csv"  # Optuna's trials table on the parent run
+TRIAL_LOG = "logs/trial.log"  # what a trial printed and logged, ending with a failure's traceback (child run)
+STUDY_LOG = "logs/study.log"  # the driver's log records (parent run)
 FRONT_TABLE = "pareto_front.csv"  # several objectives: the front's trials, objectives and params, on the parent run
 
 

@@ -39,6 +39,7 @@ from hpo.tracking.names import (
     STATUS,
     STUDY_ROLE,
     STUDY_TAG,
+    TRIAL_LOG,
     TRIAL_ROLE,
     TRIAL_TAG,
     TRIALS_TABLE,
@@ -252,6 +253,8 @@ class Tracker:
         if result.feasible is not None:
             tags[FEASIBLE_TAG] = str(result.feasible).lower()
         self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
+        if result.log:
+            self.out.log_text(run_id, result.log, TRIAL_LOG)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
     def epoch_sink(self, study: Any, key: str) -> Any:
@@ -350,6 +353,10 @@ class Tracker:
                 self.out.set_tag(run_id, PARETO_TAG, "true")
         for run_id in tagged - set(members):
             self.out.delete_tag(run_id, PARETO_TAG)
+
+    def log_parent_text(self, text: str, artifact_file: str) -> None:
+        """``text`` as the parent run's artifact ``artifact_file`` (the study's log)."""
+        self.out.log_text(self.parent_id, text, artifact_file)
 
     def log_parent_file(self, local: Path) -> None:
         """Upload ``local`` to the root of the parent run's artifacts."""
