@@ -233,6 +233,12 @@ class StudyRunner:
         from hpo.trial_logs import study_log
 
         with study_log(self.spec.tracking.log_max_kb * 1024) as self.driver_log:
+            if self.driver_log is not None:
+                import hpo
+
+                self.driver_log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} study {self.spec.name}: hpo run "
+                                      f"{self.spec.path or '(a Spec)'}{' --resume' if self.resume else ''} "
+                                      f"(hpo {hpo.__version__})\n")
             self.notifier = _notifier(self.spec)
             return self._run_logged()
 
