@@ -40,6 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpo.models import MLP
 from hpo.models._layers import Dropout, keep_mask
+from hpo.params import PER_BATCH_SCHEDULERS
 from hpo.training import EVAL_BATCH, Diverged, Learner, augment_batch, make_optimizer, make_scheduler
 
 Tensors = dict[str, torch.Tensor]
@@ -249,7 +250,7 @@ class PackedFolds:
         dev, every = self.data.device, slice(None)
         perms = [lr.train_idx[torch.randperm(len(lr.train_idx), generator=lr.gen).to(dev)] for lr in self.learners]
         clip = float(self.params["grad_clip"])
-        onecycle = self.sched is not None and self.params["scheduler"] == "onecycle"
+        per_batch_schedule = self.sched is not None and self.params["scheduler"] in PER_BATCH_SCHEDULERS
         bounds = list(zip(*(lr.batches for lr in self.learners), strict=True))  # per batch: each fold's (start, end)
         losses = []
         for per_fold in bounds:
@@ -264,7 +265,7 @@ class PackedFolds:
             if clip > 0:
                 _clip_per_fold(list(self.net.params.values()), self.k, clip)
             self.opt.step()
-            if onecycle:
+            if per_batch_schedule:
                 self.sched.step()
             losses.append(loss.detach())
         per_batch = torch.stack(losses).float()  # (batches, k)
@@ -302,7 +303,7 @@ class PackedFolds:
 
     def end_epoch(self, epoch: int, values: Sequence[float], val_losses: Sequence[float]) -> None:
         """Step the (shared) schedule; each fold whose ``value`` is its best keeps its weights."""
-        if self.sched is not None and self.params["scheduler"] != "onecycle":
+        if self.sched is not None and self.params["scheduler"] not in PER_BATCH_SCHEDULERS:
             self.sched.step()
         for j, (lr, value) in enumerate(zip(self.learners, values, strict=True)):
             lr.offer(epoch, value, lambda j=j: self.fold_state(j))

@@ -14,7 +14,8 @@ from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "softplus")
-SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau")
+SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau", "cyclic", "sgdr")
+PER_BATCH_SCHEDULERS = ("onecycle", "cyclic", "sgdr")  # stepped after every batch, the others after every epoch
 MODELS = ("mlp", "cnn", "resnet")
 RESNET_DEPTHS = (20, 32, 44, 56, 110)
 # the built-in networks' own keywords: a model factory takes its own (``model.params:``) instead
@@ -77,6 +78,10 @@ PARAMS: dict[str, ParamInfo] = {
     "activation": ParamInfo("str", "relu", "non-linearity of every hidden layer", _one_of(ACTIVATIONS), ACTIVATIONS),
     "batch_norm": ParamInfo("bool", None, "batch normalisation after each hidden layer (always on for resnet)"),
     "scheduler": ParamInfo("str", "constant", "learning-rate schedule over the epochs", _one_of(SCHEDULERS), SCHEDULERS),
+    "cyclic_ratio": ParamInfo("float", 10.0, "cyclic: the rate cycles between lr / cyclic_ratio and lr", _range(1)),
+    "cycle_epochs": ParamInfo("int", 4, "cyclic: epochs per triangular cycle (up for half, down for half)", _range(1)),
+    "restart_epochs": ParamInfo("int", 10, "sgdr: epochs to the first warm restart of the cosine annealing", _range(1)),
+    "restart_mult": ParamInfo("int", 1, "sgdr: each period is this many times the last", _range(1)),
     "label_smoothing": ParamInfo("float", 0.0, "cross-entropy label smoothing (classification)", _range(0, 1, hi_open=True)),
     "grad_clip": ParamInfo("float", 0.0, "max gradient L2 norm; 0 = no clipping", _range(0)),
     "patience": ParamInfo("int", 0, "early stop after this many epochs without improvement of the fold mean; 0 = off", _range(0)),

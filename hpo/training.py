@@ -22,6 +22,7 @@ from torch import nn
 from hpo.metrics import compute_metric, is_better
 from hpo.models import build_model
 from hpo.models._layers import Dropout
+from hpo.params import PER_BATCH_SCHEDULERS
 
 log = logging.getLogger("hpo")
 
@@ -102,6 +103,13 @@ def make_scheduler(params: dict[str, Any], opt: torch.optim.Optimizer, steps_per
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["lr"], total_steps=max(2, epochs * steps_per_epoch))
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=max(1, epochs // 10))
+    if name == "cyclic":  # Smith (2017), triangular; per batch, a cycle of cycle_epochs epochs
+        half = max(1, round(params["cycle_epochs"] * steps_per_epoch / 2))
+        return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=params["lr"] / params["cyclic_ratio"], max_lr=params["lr"],
+                                                 step_size_up=half, mode="triangular", cycle_momentum=False)
+    if name == "sgdr":  # Loshchilov & Hutter (2016): cosine annealing with warm restarts, per batch
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=max(1, params["restart_epochs"] * steps_per_epoch), T_mult=int(params["restart_mult"]))
     return None
 
 
@@ -267,7 +275,7 @@ class Learner:
             if clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.opt.step()
-            if self.sched is not None and self.params["scheduler"] == "onecycle":
+            if self.sched is not None and self.params["scheduler"] in PER_BATCH_SCHEDULERS:
                 self.sched.step()
             losses.append(loss.detach())
         # batches differ in size only at the end: weight the batch means by their sizes
@@ -308,7 +316,7 @@ class Learner:
         if self.sched is not None:
             if self.params["scheduler"] == "plateau":
                 self.sched.step(loss)
-            elif self.params["scheduler"] != "onecycle":
+            elif self.params["scheduler"] not in PER_BATCH_SCHEDULERS:
                 self.sched.step()
 
     def end_epoch(self, epoch: int, value: float, val_loss: float) -> bool:
