@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpo import trial_logs
 from hpo.metrics import compute_metric, is_better
 from hpo.training import Data, Diverged, Learner
 from hpo.trial import (
@@ -54,22 +55,12 @@ class FoldData:
 def record_failure(result: TrialResult, exc: BaseException) -> None:
     """Record an exception inside a trial as its failure: type, message and where it happened (and the
     whole traceback at the end of the trial's log)."""
-    from hpo.trial_logs import current
+    from hpo.trial_logs import note_failure
 
-    log = current()
-    if log is not None:
-        log.fail(exc)
+    note_failure(exc)
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
     result.state, result.reason = FAILED, f"{type(exc).__name__}: {exc}{where}"
-
-
-def _log_failure(exc: BaseException) -> None:
-    from hpo.trial_logs import current
-
-    log = current()
-    if log is not None:
-        log.fail(exc)
 
 
 class SequentialFolds:
@@ -181,9 +172,9 @@ def run_trial(spec: TrialSpec, fd: FoldData, on_epoch: EpochCallback | None = No
                     break
     except Diverged as exc:
         result.state, result.reason = FAILED, str(exc)
-        _log_failure(exc)
+        trial_logs.note_failure(exc)
     except torch.OutOfMemoryError as exc:
-        _log_failure(exc)
+        trial_logs.note_failure(exc)
         result.state = FAILED
         result.reason = (f"CUDA out of memory at batch_size {spec.params.get('batch_size')}; "
                          "lower the batch_size choices or run fewer trials per GPU")

@@ -310,9 +310,7 @@ def _fold_by_fold(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], context
                     torch.manual_seed(seeds[i])
                     returned[i] = fn(dict(spec.params), fold, contexts[i])
             except BaseException as exc:  # the user's code: its failure is the trial's
-                log = trial_logs.current()
-                if log is not None:
-                    log.fail(exc, f" in fold {i}")
+                trial_logs.note_failure(exc, f" in fold {i}")
                 errors.append((i, exc))
                 return None
             if by_fold.final is not None:
@@ -366,8 +364,7 @@ def run_objective_trial(spec: TrialSpec, fn: Objective, folds: Sequence[Fold], *
                 lock.done(i)
                 return
             except BaseException as exc:  # the user's code: its failure is the trial's
-                if trial_log is not None:
-                    trial_log.fail(exc, f" in fold {i}")
+                trial_logs.note_failure(exc, f" in fold {i}")
                 errors.append((i, exc))
                 lock.done(i, failed=True)
                 return

@@ -147,6 +147,13 @@ def current() -> TrialLog | None:
     return _routes.get(threading.get_ident())
 
 
+def note_failure(exc: BaseException, where: str = "") -> None:
+    """End the calling thread's trial log (if any) with ``exc``'s full traceback."""
+    log = current()
+    if log is not None:
+        log.fail(exc, where)
+
+
 @contextmanager
 def adopt(log: TrialLog | None) -> Iterator[None]:
     """The calling thread writes to ``log`` (a trial's helper thread) until the block ends."""

@@ -70,7 +70,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         state = trial_state(t)
         value = _num(first_value(t)) if state == "complete" else None
         others = {n: _num(v) for n, v in zip(names[1:], (t.values or [])[1:], strict=False)} if value is not None else {}
-        duration = t.user_attrs.get(DURATION_ATTR)
+        duration, used = t.user_attrs.get(DURATION_ATTR), t.user_attrs.get(RESOURCES_ATTR, {})
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({
@@ -78,8 +78,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "cv_std": _num(t.user_attrs.get(CV_STD_ATTR)) if value is not None else None,
             "epochs": len(t.intermediate_values) or len(t.user_attrs.get(CURVE_ATTR, {})),
             "duration_s": _num(duration), "params": dict(t.params),
-            "peak_rss_mb": _num(t.user_attrs.get(RESOURCES_ATTR, {}).get("peak_rss_mb")),
-            "gpu_peak_mb": _num(t.user_attrs.get(RESOURCES_ATTR, {}).get("gpu_peak_memory_mb")),
+            "peak_rss_mb": _num(used.get("peak_rss_mb")), "gpu_peak_mb": _num(used.get("gpu_peak_memory_mb")),
             "best": t.number in best, "feasible": t.user_attrs.get(FEASIBLE_ATTR), "run_id": t.user_attrs.get(RUN_ID_ATTR),
             "reason": t.user_attrs.get(REASON_ATTR) or "",
         })
@@ -153,8 +152,7 @@ def write_csv(rows: list[dict[str, Any]], out: Any) -> None:
     w = csv.writer(out)
     others = list(dict.fromkeys(k for r in rows for k in r["objectives"]))
     w.writerow(["number", "state", "value", *others, "cv_std", "epochs_trained", "duration_s", "peak_rss_mb", *params,
-                "run_id",
-                "reason"])
+                "run_id", "reason"])
     for r in rows:
         w.writerow([r["number"], r["state"], "" if r["value"] is None else repr(r["value"]),
                     *["" if r["objectives"].get(k) is None else repr(r["objectives"][k]) for k in others],
