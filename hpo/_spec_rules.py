@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpo._spec_data import TABULAR_DATASETS
-from hpo._spec_space import Param, Range, check_grid_size, closest, key_path
+from hpo._spec_space import Choice, Fixed, Param, Range, check_grid_size, closest, key_path
 from hpo.metrics import DEFAULT_METRIC, METRICS
+from hpo.params import LOSSES
 from hpo.store_uris import store_uri_problem
 
 if TYPE_CHECKING:
@@ -71,6 +72,38 @@ def check_ignored_params(params: dict[str, Any], task: str, d: DataSpec, problem
     if "augment" in params and d.dataset in TABULAR_DATASETS:
         problems.append(("params.augment", f"has no effect on tabular data ({d.dataset}): augment crops and "
                          "flips images; remove this key"))
+
+
+# schedule parameters -> the scheduler that reads them
+_SCHEDULE_PARAMS = {"cyclic_ratio": "cyclic", "cycle_epochs": "cyclic", "restart_epochs": "sgdr", "restart_mult": "sgdr"}
+
+
+def _values(space: list[Param], name: str, default: Any) -> tuple[Any, ...] | None:
+    """Every value parameter ``name`` can take in ``space`` (its default when the space leaves it out);
+    ``None`` for a range."""
+    for p in space:
+        if p.name == name:
+            return (p.value,) if isinstance(p, Fixed) else p.choices if isinstance(p, Choice) else None
+    return (default,)
+
+
+def check_training_choices(space: list[Param], task: str, problems: list) -> None:
+    """The loss against the task, and parameters that the chosen loss or schedule never reads."""
+    given = {p.name for p in space}
+    losses = _values(space, "loss", LOSSES[task][0]) or ()
+    other = "regression" if task == "classification" else "classification"
+    for loss in losses:
+        if loss in LOSSES[other]:
+            problems.append(("params.loss", f"{loss} is a {other} loss but the task is {task}; use one of "
+                             f"{', '.join(LOSSES[task])}"))
+    if "label_smoothing" in given and task == "classification" and "cross_entropy" not in losses:
+        problems.append(("params.label_smoothing", f"applies to loss cross_entropy only (loss is {', '.join(losses)}); "
+                         "remove this key or use loss: cross_entropy"))
+    schedulers = _values(space, "scheduler", "constant") or ()
+    for name, scheduler in _SCHEDULE_PARAMS.items():
+        if name in given and scheduler not in schedulers:
+            problems.append((f"params.{name}", f"has no effect unless scheduler is {scheduler} (scheduler is "
+                             f"{', '.join(schedulers)}); remove this key or set scheduler: {scheduler}"))
 
 
 def check_budget(s: SearchSpec, space: list[Param], problems: list) -> None:

@@ -196,6 +196,11 @@ def parse_params(params: dict[str, Any], model: str, problems: list, free: bool 
         if not own and name not in PARAMS:
             problems.append((where, f"unknown parameter; known: {', '.join(PARAMS)}{closest(name, list(PARAMS))}"))
             continue
+        if not own and name == "init" and model not in MODELS:
+            problems.append((where, f"applies to the built-in models ({', '.join(MODELS)}) only: a model factory "
+                             "initialises its own weights; remove this key, or give your factory an init keyword "
+                             "and set it under model.params:"))
+            continue
         if not own and name in ARCHITECTURE_PARAMS and model not in MODELS:
             problems.append((where, f"is an architecture parameter of the built-in models ({', '.join(MODELS)}); "
                              f"a model factory takes its own keywords: put the factory's keyword under "

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from hpo.losses import loss_function
 from hpo.models import MLP
 from hpo.models._layers import Dropout, keep_mask
 from hpo.params import PER_BATCH_SCHEDULERS
@@ -200,11 +201,7 @@ class PackedFolds:
             for lr in learners:
                 lr.x_scaled = None
         self.rows = torch.arange(k, device=data.device)[:, None]  # (k, 1): fold j's row of x_scaled
-        if self.regression:
-            self.loss_fn: Callable[..., torch.Tensor] = lambda out, t: F.mse_loss(out, t, reduction="none")
-        else:
-            ls = float(first.params["label_smoothing"])
-            self.loss_fn = lambda out, t: F.cross_entropy(out, t, reduction="none", label_smoothing=ls)
+        self.loss_fn = loss_function(first.params, self.regression, reduction="none")
 
     # ------------------------------------------------------------------ batches
 

@@ -17,9 +17,14 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "softplus
 SCHEDULERS = ("constant", "step", "cosine", "onecycle", "plateau", "cyclic", "sgdr")
 PER_BATCH_SCHEDULERS = ("onecycle", "cyclic", "sgdr")  # stepped after every batch, the others after every epoch
 MODELS = ("mlp", "cnn", "resnet")
+# the cost functions of each task: the first is the task's default (hpo.losses holds their torch forms)
+LOSSES: dict[str, tuple[str, ...]] = {"classification": ("cross_entropy", "hinge"), "regression": ("mse", "l1", "huber")}
+ALL_LOSSES = LOSSES["classification"] + LOSSES["regression"]
+# weight initialisation of the built-in models' linear and conv layers (hpo.models.init); default = PyTorch's own
+INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "orthogonal")
 RESNET_DEPTHS = (20, 32, 44, 56, 110)
 # the built-in networks' own keywords: a model factory takes its own (``model.params:``) instead
-ARCHITECTURE_PARAMS = ("depth", "width", "activation", "batch_norm", "dropout")
+ARCHITECTURE_PARAMS = ("depth", "width", "activation", "batch_norm", "dropout", "init")
 
 # Architecture defaults differ per model; everything else is shared.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -82,6 +87,10 @@ PARAMS: dict[str, ParamInfo] = {
     "cycle_epochs": ParamInfo("int", 4, "cyclic: epochs per triangular cycle (up for half, down for half)", _range(1)),
     "restart_epochs": ParamInfo("int", 10, "sgdr: epochs to the first warm restart of the cosine annealing", _range(1)),
     "restart_mult": ParamInfo("int", 1, "sgdr: each period is this many times the last", _range(1)),
+    "loss": ParamInfo("str", None, "cost function: classification cross_entropy (default) or hinge (multi-class "
+                      "margin); regression mse (default), l1 or huber", _one_of(ALL_LOSSES), ALL_LOSSES),
+    "init": ParamInfo("str", "default", "weight init of the built-in models' linear and conv layers (biases to 0); "
+                      "default keeps PyTorch's", _one_of(INITS), INITS),
     "label_smoothing": ParamInfo("float", 0.0, "cross-entropy label smoothing (classification)", _range(0, 1, hi_open=True)),
     "grad_clip": ParamInfo("float", 0.0, "max gradient L2 norm; 0 = no clipping", _range(0)),
     "patience": ParamInfo("int", 0, "early stop after this many epochs without improvement of the fold mean; 0 = off", _range(0)),
@@ -89,11 +98,14 @@ PARAMS: dict[str, ParamInfo] = {
 }
 
 
-def default_value(name: str, model: str) -> Any:
-    """Return the default of parameter ``name`` for ``model``."""
+def default_value(name: str, model: str, task: str | None = None) -> Any:
+    """Return the default of parameter ``name`` for ``model`` on ``task``: ``loss`` is the task's first
+    (without a task, ``None``: the learner takes its data's task's)."""
     defaults = MODEL_DEFAULTS.get(model, {})
     if name in defaults:
         return defaults[name]
+    if name == "loss":
+        return LOSSES[task][0] if task else None
     return PARAMS[name].default
 
 

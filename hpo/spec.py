@@ -28,6 +28,7 @@ from hpo._spec_rules import (
     check_ignored_params,
     check_metric,
     check_tracking,
+    check_training_choices,
 )
 from hpo._spec_search import (
     check_enqueue,
@@ -132,7 +133,7 @@ class Spec:
         a user objective, whose ``params:`` are its own)."""
         if self.objective is not None:
             return {}
-        return {name: default_value(name, self.model) for name in param_names(self.model)}
+        return {name: default_value(name, self.model, self.task) for name in param_names(self.model)}
 
     @property
     def registered_model(self) -> str:
@@ -317,6 +318,7 @@ def _resolve(raw: _RawSpec, raw_dict: dict[str, Any], source_path: str | None = 
         space = check_factory(model, factory_key, space, source_path, problems)  # imports the user's module
     if raw.objective is None:
         check_ignored_params(raw.params, task, d, problems)
+        check_training_choices(space, task, problems)
     check_budget(s, space, problems)
     check_sampler(s.sampler, s.sampler_options, space, problems)
     check_enqueue(s.enqueue, s.sampler, space, {p.name: p.value for p in space if isinstance(p, Fixed)},

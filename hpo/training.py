@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpo.losses import loss_function
 from hpo.metrics import compute_metric, is_better
 from hpo.models import build_model
 from hpo.models._layers import Dropout
@@ -233,10 +234,7 @@ class Learner:
         self.steps_per_epoch = len(self.batches)
         self.opt = make_optimizer(params, self.model.parameters())
         self.sched = make_scheduler(params, self.opt, self.steps_per_epoch, epochs)
-        if self.regression:
-            self.loss_fn: nn.Module = nn.MSELoss()
-        else:
-            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=float(params["label_smoothing"]))
+        self.loss_fn = loss_function(params, self.regression)
         self.best_value: float | None = None
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None

@@ -115,6 +115,7 @@ MLP_CASES = {
     "adamax": {"optimizer": "adamax"},
     "grad_clip": {"grad_clip": 0.05, "lr": 0.05},
     "label_smoothing": {"label_smoothing": 0.1},
+    "hinge": {"loss": "hinge"},
     "step": {"scheduler": "step", "epochs": 4},
     "cosine": {"scheduler": "cosine"},
     "onecycle": {"scheduler": "onecycle"},
@@ -151,10 +152,11 @@ def test_augmented_images_pack_with_each_folds_own_crops() -> None:
     assert_same_trial(*both(fd, augment=True, dropout=0.1), n_val=598)
 
 
-def test_a_regression_trial_packs_with_each_folds_own_target_scaling() -> None:
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_a_regression_trial_packs_with_each_folds_own_target_scaling(loss: str) -> None:
     x, y = load_diabetes(return_X_y=True)
     fd = _folds(x.astype(np.float32), y.astype(np.float32), 0)
-    unpacked, packed = both(fd, epochs=4, batch_size=32)
+    unpacked, packed = both(fd, epochs=4, batch_size=32, loss=loss)
     assert packed.packed == "true"
     assert np.allclose(packed.fold_values, unpacked.fold_values, rtol=1e-5)
     for a, b in zip(unpacked.checkpoint["folds"], packed.checkpoint["folds"], strict=True):

@@ -41,7 +41,7 @@ SEARCH_SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 CLI_SUBSET = (
     "unknown_top_key", "type_range_low_string", "range_log_low_zero", "cv_folds_one", "when_unknown_value",
     "cnn_on_tabular", "missing_dataset", "yaml_alias", "yaml_malformed", "doc_list", "enqueue_out_of_range",
-    "objectives_first_cost", "constraint_python", "cmaes_categorical",
+    "objectives_first_cost", "constraint_python", "cmaes_categorical", "loss_hinge_on_regression",
 )
 
 

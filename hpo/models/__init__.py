@@ -18,6 +18,7 @@ from hpo.models import cnn, mlp, resnet
 from hpo.models._check import BuildCheck, check_build
 from hpo.models._layers import ACTIVATIONS
 from hpo.models.cnn import CNN
+from hpo.models.init import apply_init
 from hpo.models.mlp import MLP
 from hpo.models.resnet import RESNET_DEPTHS, ResNet
 
@@ -103,8 +104,9 @@ def build_model(
         n_outputs: number of outputs (classes, or regression targets).
         params: a trial's parameters. A built-in takes ``depth``, ``width``, ``activation``,
             ``dropout``, ``batch_norm`` (for ``resnet``, ``depth`` is the total depth, one of
-            :data:`RESNET_DEPTHS`, and ``batch_norm`` is ignored: always on); a factory takes the
-            ``model.<keyword>`` entries. Other keys are ignored.
+            :data:`RESNET_DEPTHS`, and ``batch_norm`` is ignored: always on) and ``init``
+            (:func:`~hpo.models.init.apply_init`); a factory takes the ``model.<keyword>``
+            entries. Other keys are ignored.
         spec_path, code_dirs: where a factory's module is looked for (see :func:`model_factory`).
 
     Raises:
@@ -127,6 +129,8 @@ def build_model(
     net = fn(shape, n_outputs, **kwargs)
     if not isinstance(net, nn.Module):
         raise NotAModuleError(f"model factory {name} returned a {type(net).__name__}, not a torch.nn.Module")
+    if name in BUILTIN_FACTORIES:
+        apply_init(net, params.get("init", "default"), params["activation"])
     return net
 
 
