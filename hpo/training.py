@@ -250,38 +250,46 @@ class Learner:
     def train_epoch(self) -> float:
         """One pass over the training indices in a fresh random order; returns the mean loss."""
         self.model.train()
-        x, y = self.data.x, self.data.y
-        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen).to(self.data.device)]
-        losses = []  # batch mean losses, summed once after the epoch
-        clip = float(self.params["grad_clip"])
-        forward = self.model.scaled if self.x_scaled is None else self.model.net
-        xs = x if self.x_scaled is None else self.x_scaled
-        for start, end in self.batches:
-            idx = perm[start:end]
-            xb, yb = xs[idx], y[idx]
-            if self.augment:
-                xb = augment_batch(xb, self.gen)
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            if self.autocast is not None:
-                with self.autocast:
-                    loss = self._loss(forward(xb), yb)
-            else:
-                loss = self._loss(forward(xb), yb)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.opt.step()
-            if self.sched is not None and self.params["scheduler"] in PER_BATCH_SCHEDULERS:
-                self.sched.step()
-            losses.append(loss.detach())
+        perm = self.shuffled()
+        losses = [self.batch_step(perm[start:end]) for start, end in self.batches]  # summed once after the epoch
         # batches differ in size only at the end: weight the batch means by their sizes
         sizes = torch.tensor([float(end - start) for start, end in self.batches], device=self.data.device)
         mean_loss = float(torch.stack(losses).float() @ sizes) / len(perm)
         if not math.isfinite(mean_loss):
             raise Diverged(f"training loss became {mean_loss}")
         return mean_loss
+
+    def shuffled(self) -> torch.Tensor:
+        """The training indices in a fresh random order from this learner's generator."""
+        return self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen).to(self.data.device)]
+
+    def batch_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on the training examples ``idx`` (augmented, clipped and in mixed
+        precision where this learner is; a per-batch schedule steps too): the batch's mean loss,
+        detached, on the device. The model must be in training mode."""
+        if self.x_scaled is None:
+            forward, xb = self.model.scaled, self.data.x[idx]
+        else:
+            forward, xb = self.model.net, self.x_scaled[idx]
+        yb = self.data.y[idx]
+        if self.augment:
+            xb = augment_batch(xb, self.gen)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        if self.autocast is not None:
+            with self.autocast:
+                loss = self._loss(forward(xb), yb)
+        else:
+            loss = self._loss(forward(xb), yb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = float(self.params["grad_clip"])
+        if clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.opt.step()
+        if self.sched is not None and self.params["scheduler"] in PER_BATCH_SCHEDULERS:
+            self.sched.step()
+        return loss.detach()
 
     @torch.inference_mode()
     def predict(self, data: Data, idx: torch.Tensor | None = None) -> tuple[np.ndarray, float]:

@@ -19,6 +19,7 @@ from hpo.cli import cancel as cancel_cmd
 from hpo.cli import compare as compare_cmd
 from hpo.cli import dashboard as dashboard_cmd
 from hpo.cli import jobs as jobs_cmd
+from hpo.cli import lr_find as lr_find_cmd
 from hpo.cli import report as report_cmd
 from hpo.cli import run as run_cmd
 from hpo.cli import show as show_cmd
@@ -27,11 +28,12 @@ from hpo.cli import sync as sync_cmd
 from hpo.cli import ui as ui_cmd
 from hpo.cli import validate as validate_cmd
 
-COMMANDS = (run_cmd, validate_cmd, show_cmd, compare_cmd, report_cmd, ui_cmd, dashboard_cmd, submit_cmd, jobs_cmd,
-            cancel_cmd, sync_cmd)
+COMMANDS = (run_cmd, validate_cmd, lr_find_cmd, show_cmd, compare_cmd, report_cmd, ui_cmd, dashboard_cmd, submit_cmd,
+            jobs_cmd, cancel_cmd, sync_cmd)
 
 EPILOG = """examples:
   hpo validate search_spaces/digits_mlp.yaml
+  hpo lr-find search_spaces/digits_mlp.yaml
   hpo run search_spaces/digits_mlp.yaml
   hpo run search_spaces/digits_mlp.yaml --resume --n-trials 40
   hpo show digits-mlp --csv > trials.csv

@@ -50,6 +50,11 @@ TRIAL_LOG = "logs/trial.log"  # what a trial printed and logged, ending with a f
 STUDY_LOG = "logs/study.log"  # the driver's log records (parent run)
 FRONT_TABLE = "pareto_front.csv"  # several objectives: the front's trials, objectives and params, on the parent run
 
+# hpo lr-find: a run of its own in the study's experiment (not nested under a study run)
+LR_FIND_ROLE = "lr_find"  # its hpo.role
+LR_FIND_PLOT = "lr_find.png"  # the loss-vs-rate curve, at the run's artifact root
+LR_FIND_PREFIX = "lr_find/"  # its metrics: loss (smoothed), batch_loss and lr by step; the suggestion at step 0
+
 
 def trial_metrics(metric: str, result) -> dict[str, float]:
     """A finished trial's run metrics: duration, epochs, CV mean and std, each fold's best value and epoch."""
@@ -63,6 +68,19 @@ def trial_metrics(metric: str, result) -> dict[str, float]:
     metrics.update(result.costs)  # hpo's cost metrics: n_params, train_seconds, peak_memory_mb, inference_ms
     metrics.update(result.resources)  # sys/peak_rss_mb, sys/cpu_seconds, sys/gpu_* (hpo.resources)
     return metrics
+
+
+def lr_find_metrics(test) -> list[tuple[str, float, int]]:
+    """An LR range test's run metrics as ``(key, value, step)``: the smoothed loss, the batch loss and
+    the rate of every step, then the suggested rate, the one a decade below and where it diverged."""
+    rows = []
+    for step, (rate, loss, smooth) in enumerate(zip(test.rates, test.losses, test.smoothed, strict=True)):
+        rows += [(f"{LR_FIND_PREFIX}loss", smooth, step), (f"{LR_FIND_PREFIX}batch_loss", loss, step),
+                 (f"{LR_FIND_PREFIX}lr", rate, step)]
+    rows += [(f"{LR_FIND_PREFIX}suggested_lr", test.steepest, 0), (f"{LR_FIND_PREFIX}low_lr", test.low, 0)]
+    if test.diverged_at is not None:
+        rows.append((f"{LR_FIND_PREFIX}diverged_lr", test.diverged_at, 0))
+    return rows
 
 
 def study_summary(metric: str, best_value: float, best_trial: int, refit_epochs: int,
