@@ -168,3 +168,19 @@ def test_samplers_benchmark_runs(monkeypatch):
         runs = r["mo"][p]["runs"]
         assert all(0 < x["hypervolume"][r["mo_budget"]] <= 1 and x["epochs"] > 0 and x["front"] >= 1 for x in runs)
     assert samplers.hypervolume([(0.9, 0.5), (0.5, 0.1)]) == pytest.approx(0.5 * 0.9 + 0.4 * 0.5)
+
+
+@pytest.mark.slow
+def test_whole_process_benchmark_runs(monkeypatch):
+    """`hpo run` and the Optuna script (with Optuna's MLflowCallback where optuna_integration is installed) as
+    real processes on the same grid: each trains every grid point and reports a sane score and start-up time."""
+    from benchmarks import whole_process
+
+    _no_md_change(monkeypatch)
+    r = whole_process.main(["--quick"])
+    assert "hpo" in r["summary"] and ({"optuna", "optuna_mlflow"} & set(r["summary"]))
+    points = math.prod(len(v) for v in whole_process.QUICK_GRID.values())
+    for name, s in r["summary"].items():
+        assert s["n_trials"] == points, name
+        assert _ok(s["wall_s"]["median"], 0.1) and _ok(s["first_epoch_s"]["median"], 0.0, s["wall_s"]["median"]), name
+        assert _ok(s["test"]["median"], 0.05, 1) and _ok(s["best_cv"]["median"], 0.05, 1), name
