@@ -44,7 +44,7 @@ def canonical_uri(uri: str) -> str:
     (``sqlite:///mlruns/mlflow.db`` from another folder is another file), no trailing ``/``."""
     if uri.startswith("sqlite:///"):
         path, sep, query = uri[len("sqlite:///"):].partition("?")
-        return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+        return f"sqlite:///{Path(path).resolve()}{sep}{query}"  # resolved even when absolute: symlinks
     return uri.rstrip("/")
 
 

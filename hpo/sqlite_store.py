@@ -58,6 +58,21 @@ class StoreError(TrackingError):
     """A sqlite store hpo cannot use: damaged, missing where one is expected, or not writable (exit 2)."""
 
 
+def absolute(uri: str) -> str:
+    """``uri`` with a relative sqlite path made absolute against the current folder (other URIs as they are).
+
+    What a relative ``sqlite:///mlruns/mlflow.db`` means is fixed when a study starts: MLflow keeps one
+    SQLAlchemy engine per URI string for the life of the process, so two studies started from different
+    folders under the same relative URI would otherwise share the first one's pooled connections (and
+    write into the first folder's database, or fail once it is gone)."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////"):
+        return uri
+    path, sep, query = uri[len("sqlite:///"):].partition("?")
+    if not path or path == ":memory:":
+        return uri
+    return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or ``None`` for other stores."""
     if not uri.startswith("sqlite:///"):

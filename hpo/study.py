@@ -73,6 +73,10 @@ class StudyRunner:
     """Runs one study end to end. Most users call :func:`run` instead."""
 
     def __init__(self, spec: Spec, *, resume: bool = False, progress: Any = None) -> None:
+        from hpo.sqlite_store import absolute
+
+        if absolute(spec.tracking.uri) != spec.tracking.uri:  # a relative sqlite store: this folder's, fixed now
+            spec = spec.replace(tracking_uri=absolute(spec.tracking.uri))
         self.spec = spec
         self.resume = resume
         self.progress = progress
@@ -98,7 +102,7 @@ class StudyRunner:
         from hpo.packing import study_packing
         from hpo.search import open_storage, open_study, requeue_interrupted
         from hpo.spool import failed_writes, resolve_target, waiting
-        from hpo.sqlite_store import check_writable
+        from hpo.sqlite_store import absolute, check_writable
         from hpo.tracking import (
             PACKED_TAG,
             Tracker,
@@ -111,7 +115,7 @@ class StudyRunner:
         from hpo.warm_start import enqueue_first, warm_start_configs
 
         spec = self.spec
-        self.storage_url = spec.tracking.storage or optuna_storage_for(spec.tracking.uri)
+        self.storage_url = absolute(spec.tracking.storage or optuna_storage_for(spec.tracking.uri))
         for uri in (spec.tracking.uri, self.storage_url):  # an unwritable store: stop before any work
             check_writable(uri)
         spool = spool_dir(spec.tracking.uri, spec.name)

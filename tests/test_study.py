@@ -171,3 +171,24 @@ def test_a_callers_active_mlflow_experiment_neither_breaks_the_study_nor_is_chan
         assert tracking_utils._tracking_uri == f"sqlite:///{tmp_path / 'mine' / 'mlflow.db'}"
     finally:
         tracking_utils._tracking_uri, fluent._active_experiment_id = previous
+
+
+def test_two_studies_in_one_process_from_two_folders_keep_to_their_own_default_stores(tmp_path, monkeypatch):
+    """The default ``sqlite:///mlruns/mlflow.db`` is the folder's where each study starts, also in one process
+    (a notebook that changes folder): MLflow keeps one engine per URI string, and the second study must not
+    write through the first one's pooled connections into the first folder's database."""
+    spec = ("name: {name}\ndata: {{dataset: iris}}\nmodel: mlp\nsearch: {{sampler: random, n_trials: 2, seed: 0}}\n"
+            "cv: {{folds: 2}}\nparams: {{lr: 0.01, width: 8, epochs: 2}}\ntracking: {{report: false}}\n"
+            "execution: {{max_concurrent_trials: 2}}\n")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "spec.yaml").write_text(spec.format(name=name))
+        monkeypatch.chdir(tmp_path / name)
+        result = hpo.run("spec.yaml")
+        assert result.counts["complete"] == 2 and result.tracking_uri.startswith(f"sqlite:///{tmp_path}")
+    for name, other in (("first", "second"), ("second", "first")):
+        client = MlflowClient(f"sqlite:///{tmp_path / name / 'mlruns' / 'mlflow.db'}")
+        assert client.get_experiment_by_name(other) is None, f"{other}'s runs landed in {name}/mlruns"
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+        assert all(r.data.metrics.get("cv_accuracy_mean") is not None for r in runs if r.data.tags["hpo.role"] == "trial")
