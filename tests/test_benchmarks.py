@@ -184,3 +184,17 @@ def test_whole_process_benchmark_runs(monkeypatch):
         assert s["n_trials"] == points, name
         assert _ok(s["wall_s"]["median"], 0.1) and _ok(s["first_epoch_s"]["median"], 0.0, s["wall_s"]["median"]), name
         assert _ok(s["test"]["median"], 0.05, 1) and _ok(s["best_cv"]["median"], 0.05, 1), name
+
+
+@pytest.mark.slow
+def test_capacity_benchmark_runs(monkeypatch):
+    """Sleeping trials through the real service path: every trial completes, every epoch report is counted."""
+    from benchmarks import capacity
+
+    _no_md_change(monkeypatch)
+    monkeypatch.setenv("CAPACITY_OUT", "")  # the benchmark sets it; put back after
+    (row,) = capacity.main(["--quick"])["rows"]
+    assert row["counts"] == {"complete": row["n_trials"], "pruned": 0, "failed": 0} and row["n_trials"] == 8
+    assert row["reports"] == row["n_trials"] * capacity.FOLDS * (2 - 1)  # 2 epochs on each fold, the last not timed
+    assert _ok(row["trials_per_s"], 0.01) and _ok(row["efficiency"], 0.0, 1.0)
+    assert row["report_ms_p50"] <= row["report_ms_p99"] and row["ask_ms_p50"] <= row["ask_ms_p99"]
