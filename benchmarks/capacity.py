@@ -111,12 +111,14 @@ def _ray_cpu(into: dict[str, float]) -> None:
 
 @contextlib.contextmanager
 def stores(kind: str, workdir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The spec's extra ``tracking:`` keys for ``kind``, and the server process to watch (its CPU), if any:
+    """The spec's extra ``tracking:`` keys for ``kind``, and what to read: ``storage`` (Optuna's URL), and for a
+    server ``server_port`` (whose process group's CPU is measured) and ``postgres``:
 
     ``sqlite`` (hpo's embedded default, both stores in ``./mlruns``), ``server`` (``mlflow server`` on sqlite,
     Optuna on sqlite beside it), ``postgres`` (``mlflow server`` on PostgreSQL, Optuna on the same cluster)."""
+    beside = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"  # hpo's default, in the folder the study runs in
     if kind == "sqlite":
-        yield "", {}
+        yield "", {"storage": beside}
         return
     from hpo.sqlite_store import seed_mlflow_db
     from tests._services import create_database, mlflow_server, postgres_server, sqlalchemy_uri
@@ -125,13 +127,14 @@ def stores(kind: str, workdir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         if kind == "server":
             backend = f"sqlite:///{workdir / 'server.db'}"
             seed_mlflow_db(backend)
-            storage = ""
+            storage = beside
         else:
             dsn = stack.enter_context(postgres_server(workdir))
             backend = dsn
-            storage = f", storage: '{sqlalchemy_uri(create_database(dsn, 'optuna'))}'"
+            storage = sqlalchemy_uri(create_database(dsn, "optuna"))
         url = stack.enter_context(mlflow_server(backend, workdir / "artifacts"))
-        yield f", uri: '{url}'{storage}", {"server_port": int(url.rsplit(":", 1)[1]), "postgres": kind == "postgres"}
+        extra = f", uri: '{url}'" + (f", storage: '{storage}'" if storage != beside else "")
+        yield extra, {"storage": storage, "server_port": int(url.rsplit(":", 1)[1]), "postgres": kind == "postgres"}
 
 
 def _server_cpu(port: int) -> float:
@@ -205,14 +208,14 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
         here = os.getcwd()
         os.chdir(cwd)
         try:
-            server_cpu0 = _server_cpu(server["server_port"]) if server else 0.0
+            server_cpu0 = _server_cpu(server["server_port"]) if "server_port" in server else 0.0
             db_cpu0 = _postgres_cpu() if server.get("postgres") else 0.0
             cpu0 = _cpu_s()
             t0 = time.perf_counter()
             result = hpo.run(cwd / "spec.yaml")
             wall = time.perf_counter() - t0
             cpu = _cpu_s() - cpu0
-            server_cpu = _server_cpu(server["server_port"]) - server_cpu0 if server else None
+            server_cpu = _server_cpu(server["server_port"]) - server_cpu0 if "server_port" in server else None
             db_cpu = _postgres_cpu() - db_cpu0 if server.get("postgres") else None
         finally:
             os.chdir(here)
@@ -220,8 +223,7 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
                 hr.RayExecutor.close, hl.SearchLoop._finish = close, finish
                 span = marks["end"] - marks["start"]
                 ray_cpu = {k: v - ray_cpu0.get(k, 0.0) for k, v in ray_cpu.items()}
-        storage = extra.split("storage: '", 1)[1].rstrip("'") if "storage:" in extra else f"sqlite:///{cwd}/mlruns/optuna.db"
-        study = optuna.load_study(study_name=f"capacity-c{conc}", storage=storage)
+        study = optuna.load_study(study_name=f"capacity-c{conc}", storage=server["storage"])
         trials = [tr for tr in study.trials if tr.datetime_complete is not None]
         waits = [w for p in cwd.glob("reports-*.jsonl") for line in p.read_text().splitlines() for w in json.loads(line)]
     (search_start, search_s), = t.calls["search"]

@@ -164,11 +164,15 @@ def _timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     return start, wall, proc.stdout
 
 
+def _write_spec(cwd: Path, grid: dict[str, list], epochs: int, pack: str) -> None:
+    (cwd / "spec.yaml").write_text(SPEC.format(folds=FOLDS, epochs=epochs, conc=CONCURRENCY, pack=pack,
+                                               **{k: json.dumps(v) for k, v in grid.items()}))
+
+
 def run_hpo(grid: dict[str, list], epochs: int, pack: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        (cwd / "spec.yaml").write_text(SPEC.format(folds=FOLDS, epochs=epochs, conc=CONCURRENCY, pack=pack,
-                                                   **{k: json.dumps(v) for k, v in grid.items()}))
+        _write_spec(cwd, grid, epochs, pack)
         start, wall, _ = _timed([*_hpo_command(), "run", "spec.yaml"], cwd)
         return {"wall_s": wall, **_hpo_outcome(cwd, start)}
 
@@ -222,8 +226,7 @@ def startup_imports(grid: dict[str, list], epochs: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        (cwd / "spec.yaml").write_text(SPEC.format(folds=FOLDS, epochs=epochs, conc=CONCURRENCY, pack="auto",
-                                                   **{k: json.dumps(v) for k, v in grid.items()}))
+        _write_spec(cwd, grid, epochs, "auto")
         start = time.time()
         proc = subprocess.run([sys.executable, "-X", "importtime", "-c", FIRST_EPOCH], cwd=cwd, env=_env(),
                               capture_output=True, text=True, timeout=600)

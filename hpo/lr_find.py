@@ -157,8 +157,9 @@ def suggest(rates: list[float], smoothed: list[float]) -> tuple[float, float]:
     s = np.asarray(smoothed)
     end = int(np.argmin(s)) if len(s) else 0
     if end < 2 or s[end] >= s[0]:
-        raise HpoError(f"the loss did not fall between {rates[0]:.3g} and {rates[-1] if rates else 0:.3g}: start "
-                       "lower (--min), sweep more steps (--steps), or check the data and model")
+        span = f"between {rates[0]:.3g} and {rates[-1]:.3g}" if rates else "at the first rate (it was not finite)"
+        raise HpoError(f"the loss did not fall {span}: start lower (--min), sweep more steps (--steps), "
+                       "or check the data and model")
     slope = np.gradient(s[:end + 1], np.log10(np.asarray(rates[:end + 1])))
     return float(rates[int(np.argmin(slope))]), float(rates[end])
 
@@ -199,9 +200,11 @@ def log_run(test: RangeTest, spec: Spec, png: Path, *, tracking_uri: str, min_lr
 
     from mlflow.entities import Metric, Param
 
+    from hpo.epochs import MAX_BATCH_METRICS
     from hpo.tracking import Tracker
     from hpo.tracking.lineage import lineage_tags
     from hpo.tracking.names import LR_FIND_PLOT, LR_FIND_ROLE, ROLE_TAG, STUDY_TAG, lr_find_metrics
+    from hpo.tracking.tracker import flat_params
 
     tracker = Tracker(tracking_uri, spec.experiment, spec.name)  # creates the experiment as a study would
     client = tracker.client
@@ -209,13 +212,13 @@ def log_run(test: RangeTest, spec: Spec, png: Path, *, tracking_uri: str, min_lr
     run = client.create_run(tracker.experiment_id, run_name=f"{spec.name}-lr-find", tags=tags)
     rid = run.info.run_id
     settings = {"lr_find.min_lr": min_lr, "lr_find.max_lr": max_lr, "lr_find.steps": steps, "lr_find.seed": test.seed}
-    params = [Param(k, str(v)[:6000]) for k, v in {**settings, **test.params}.items()]
+    params = [Param(k, v) for k, v in flat_params({**settings, **test.params}).items()]
     now = int(run.info.start_time)
     metrics = [Metric(k, v, now, step) for k, v, step in lr_find_metrics(test)]
-    for start in range(0, max(len(params), 1), 100):  # MLflow takes 100 params and 1,000 metrics a batch
+    for start in range(0, len(params), 100):  # MLflow takes 100 params a batch
         client.log_batch(rid, params=params[start:start + 100])
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(rid, metrics=metrics[start:start + 1000])
+    for start in range(0, len(metrics), MAX_BATCH_METRICS):
+        client.log_batch(rid, metrics=metrics[start:start + MAX_BATCH_METRICS])
     with tempfile.TemporaryDirectory() as tmp:  # the artifact's name is fixed, wherever the PNG was written
         copy = Path(tmp) / LR_FIND_PLOT
         shutil.copyfile(png, copy)

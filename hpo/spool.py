@@ -26,6 +26,7 @@ from typing import Any
 
 from hpo.errors import TrackingError
 from hpo.redact import redact
+from hpo.sqlite_store import absolute
 
 TARGET_FILE = "target.json"
 FAILED_GLOB = "failed-*.jsonl"  # writes the store refused: kept and reported, never retried on their own
@@ -43,8 +44,7 @@ def canonical_uri(uri: str) -> str:
     """``uri`` in the form two spellings of one store share: a sqlite file by its absolute path
     (``sqlite:///mlruns/mlflow.db`` from another folder is another file), no trailing ``/``."""
     if uri.startswith("sqlite:///"):
-        path, sep, query = uri[len("sqlite:///"):].partition("?")
-        return f"sqlite:///{Path(path).resolve()}{sep}{query}"  # resolved even when absolute: symlinks
+        return absolute(uri, resolve=True)
     return uri.rstrip("/")
 
 

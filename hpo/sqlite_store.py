@@ -58,14 +58,15 @@ class StoreError(TrackingError):
     """A sqlite store hpo cannot use: damaged, missing where one is expected, or not writable (exit 2)."""
 
 
-def absolute(uri: str) -> str:
-    """``uri`` with a relative sqlite path made absolute against the current folder (other URIs as they are).
+def absolute(uri: str, *, resolve: bool = False) -> str:
+    """``uri`` with a relative sqlite path made absolute against the current folder (other URIs as they are);
+    with ``resolve``, an absolute one is resolved too (symlinks), so two spellings of one file compare equal.
 
     What a relative ``sqlite:///mlruns/mlflow.db`` means is fixed when a study starts: MLflow keeps one
     SQLAlchemy engine per URI string for the life of the process, so two studies started from different
     folders under the same relative URI would otherwise share the first one's pooled connections (and
     write into the first folder's database, or fail once it is gone)."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////"):
+    if not uri.startswith("sqlite:///") or (uri.startswith("sqlite:////") and not resolve):
         return uri
     path, sep, query = uri[len("sqlite:///"):].partition("?")
     if not path or path == ":memory:":

@@ -234,6 +234,8 @@ class Learner:
         self.steps_per_epoch = len(self.batches)
         self.opt = make_optimizer(params, self.model.parameters())
         self.sched = make_scheduler(params, self.opt, self.steps_per_epoch, epochs)
+        self.clip = float(params["grad_clip"])
+        self.sched_per_batch = self.sched is not None and params["scheduler"] in PER_BATCH_SCHEDULERS
         self.loss_fn = loss_function(params, self.regression)
         self.best_value: float | None = None
         self.best_epoch = 0
@@ -283,11 +285,10 @@ class Learner:
             loss = self._loss(forward(xb), yb)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        clip = float(self.params["grad_clip"])
-        if clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
-        if self.sched is not None and self.params["scheduler"] in PER_BATCH_SCHEDULERS:
+        if self.sched_per_batch:
             self.sched.step()
         return loss.detach()
 

@@ -52,7 +52,8 @@ from hpo.tracking.names import (
 log = logging.getLogger("hpo")
 
 
-def _flat(params: dict[str, Any]) -> dict[str, str]:
+def flat_params(params: dict[str, Any]) -> dict[str, str]:
+    """Param values as MLflow stores them: strings of at most 6,000 characters."""
     return {k: str(v)[:6000] for k, v in params.items()}
 
 
@@ -185,7 +186,7 @@ class Tracker:
         run_id = (parent_id or self.find_study_run()) if reuse else None
         if run_id is None:
             run_id = self.out.create_run(self.experiment_id, spec.name, {STUDY_TAG: spec.name, ROLE_TAG: STUDY_ROLE, **tags})
-            self.out.log_batch(run_id, params=_flat(settings))
+            self.out.log_batch(run_id, params=flat_params(settings))
             if spec.source:
                 # the spec may carry a database URL with a password: never store it
                 self.out.log_text(run_id, redact(spec.source), f"{SPEC_DIR}/{Path(spec.path or 'spec.yaml').name}")
@@ -234,7 +235,7 @@ class Tracker:
         if source:
             tags[SOURCE_TAG] = source[:500]
         run_id = self.out.create_run(self.experiment_id, trial_run_name(number, sampled), tags)
-        self.out.log_batch(run_id, params=_flat(params))
+        self.out.log_batch(run_id, params=flat_params(params))
         return run_id
 
     def end_trial(self, run_id: str, result: Any, metric: str) -> None:
@@ -288,7 +289,7 @@ class Tracker:
         metrics = study_summary(metric, best.values[0], best.number, refit_epochs, test_metrics, counts)
         existing = self.client.get_run(self.out.real_id(self.parent_id)).data.params
         params = {best_param(k): v for k, v in best.params.items()}
-        new_params = {k: v for k, v in _flat(params).items() if k not in existing}
+        new_params = {k: v for k, v in flat_params(params).items() if k not in existing}
         tags = {f"{BEST_PARAM_TAG}{k}": str(v) for k, v in best.params.items()}
         tags[BEST_TRIAL_TAG] = str(best.number)
         if model_uri:
