@@ -97,7 +97,7 @@ class StudyRunner:
 
         from hpo.data import load_spec_dataset
         from hpo.folds import make_folds
-        from hpo.loop import SearchLoop
+        from hpo.loop import SearchLoop, bookkeeping_threads
         from hpo.outbox import spool_dir
         from hpo.packing import study_packing
         from hpo.search import open_storage, open_study, requeue_interrupted
@@ -161,7 +161,8 @@ class StudyRunner:
                                                    objective=spec.model if spec.is_objective else None))
         self.loop = SearchLoop(spec, self.study, self.tracker, self.executor, ds, interrupts=self.interrupts,
                                progress=self.progress, started=self._started, pack=self.pack,
-                               on_best=self._on_best if self.notifier is not None else None)
+                               on_best=self._on_best if self.notifier is not None else None,
+                               bookkeeping=bookkeeping_threads(spec, self.storage_url))
         for t in requeue_interrupted(self.study):  # on resume: their runs close KILLED, their params run again
             run_id = self.tracker.real_id(t.user_attrs.get(RUN_ID_ATTR))
             if run_id:

@@ -36,7 +36,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpo.interrupts import Interrupts
-from hpo.loop import FAILURES, SIGNAL, TIMEOUT, TRACKING, SearchLoop
+from hpo.loop import BOOKKEEPING_THREADS, FAILURES, SIGNAL, TIMEOUT, TRACKING, SearchLoop, bookkeeping_threads
 from hpo.search import counts, finished_count, open_study, requeue_interrupted
 from hpo.spec import parse_spec
 from hpo.study import StudyRunner
@@ -299,14 +299,15 @@ def state_of(trials: list[Any]) -> dict[int, TrialState]:
 # --------------------------------------------------------------------------- 1. budget and concurrency
 
 
-def test_runs_exactly_the_budget_left_never_more_than_max_concurrency_in_flight(world):
+@pytest.mark.parametrize("bookkeeping", [1, 4])
+def test_runs_exactly_the_budget_left_never_more_than_max_concurrency_in_flight(world, bookkeeping):
     w = world(make_spec(concurrency=3))
     ex = ScriptedExecutor(values_script({}, after=0.3), max_concurrency=3)
     progress = RecordingProgress()
-    loop = w.loop(ex, progress=progress)
+    loop = w.loop(ex, progress=progress, bookkeeping=bookkeeping)
     loop.run(target=7, done_before=2)
 
-    assert [ts.number for ts in ex.submitted] == [0, 1, 2, 3, 4]  # 7 - 2
+    assert sorted(ts.number for ts in ex.submitted) == [0, 1, 2, 3, 4]  # 7 - 2
     assert ex.max_in_flight == 3  # the slots are used, and never more than asked
     assert progress.calls == [("start", 7, 2), ("stop",)]
     assert len(progress.done) == 5
@@ -325,6 +326,66 @@ def test_nothing_is_launched_when_the_budget_is_already_spent(world):
     w.loop(ex).run(target=3, done_before=3)
     w.loop(ex).run(target=3, done_before=5)
     assert ex.submitted == [] and w.trials() == []
+
+
+def test_with_bookkeeping_threads_trials_are_launched_and_told_at_once(world):
+    """``bookkeeping=2``: the runs of trials 0 and 1 are opened at the same time, and closed at the same
+    time: each pair meets at a barrier that a loop doing one trial after another never passes."""
+    w = world(make_spec(concurrency=2))
+    opened, closed = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
+    start, end = w.tracker.start_trial, w.tracker.end_trial
+
+    def start_trial(number, *a, **k):
+        if number < 2:
+            opened.wait()
+        return start(number, *a, **k)
+
+    def end_trial(run_id, result, metric):
+        if result.number < 2:
+            closed.wait()
+        return end(run_id, result, metric)
+
+    w.tracker.start_trial, w.tracker.end_trial = start_trial, end_trial
+    loop = w.loop(ScriptedExecutor(values_script({}), max_concurrency=2), bookkeeping=2)
+    loop.run(target=4, done_before=0)
+
+    assert state_of(w.trials()) == dict.fromkeys(range(4), TrialState.COMPLETE)
+    assert {n: r.info.status for n, r in w.runs().items()} == dict.fromkeys(range(4), "FINISHED")
+    assert len(loop.results) == 4 and not loop.pending and not loop.launching and not loop.settling
+
+
+@pytest.mark.parametrize(("executor", "uri", "storage", "threads"), [
+    ("local", "http://127.0.0.1:5000", "postgresql://db/optuna", 1),  # trials share the driver's interpreter
+    ("ray", "sqlite:///mlruns/mlflow.db", "sqlite:///mlruns/optuna.db", 1),  # embedded stores: CPU-bound
+    ("ray", "http://127.0.0.1:5000", "sqlite:///mlruns/optuna.db", 3),  # at most one per trial in flight
+    ("ray", "sqlite:///mlruns/mlflow.db", "postgresql://db/optuna", 3),
+])
+def test_bookkeeping_threads_only_on_ray_behind_a_server(executor, uri, storage, threads):
+    spec = make_spec(concurrency=3).replace(tracking_uri=uri, executor=executor)
+    assert bookkeeping_threads(spec, storage) == threads
+    many = spec.replace(max_concurrent_trials=64)
+    assert bookkeeping_threads(many, storage) == (BOOKKEEPING_THREADS if threads > 1 else 1)
+
+
+def test_a_bookkeeping_error_on_a_thread_ends_the_loop_with_that_error(world):
+    """Launches already begun finish first; the trial whose run could not be opened is left for abandon."""
+    w = world(make_spec(concurrency=2))
+    start = w.tracker.start_trial
+
+    def start_trial(number, *a, **k):
+        if number == 3:
+            raise RuntimeError("the store refused the run")
+        return start(number, *a, **k)
+
+    w.tracker.start_trial = start_trial
+    loop = w.loop(ScriptedExecutor(values_script({}, after=0.05), max_concurrency=2), bookkeeping=2)
+    with pytest.raises(RuntimeError, match="refused the run"):
+        loop.run(target=8, done_before=0)
+    assert list(loop.launching) == [3]
+    loop.abandon()
+    trials = {t.number: t for t in w.trials()}
+    assert trials[3].state == TrialState.FAIL and trials[3].user_attrs[INTERRUPTED_ATTR] is True
+    assert all(t.state != TrialState.RUNNING for t in trials.values())
 
 
 # --------------------------------------------------------------------------- 2. the grid cap
@@ -521,7 +582,7 @@ def test_second_sigint_raises_out_of_the_loop_and_abandon_closes_what_is_open(wo
     with interrupts.guard.closing():
         loop.abandon()
 
-    assert not loop.pending and loop.launching is None
+    assert not loop.pending and not loop.launching and not loop.settling
     trials = {t.number: t for t in w.trials()}
     assert trials[0].state == TrialState.COMPLETE and INTERRUPTED_ATTR not in trials[0].user_attrs
     runs = w.runs()
@@ -530,6 +591,44 @@ def test_second_sigint_raises_out_of_the_loop_and_abandon_closes_what_is_open(wo
         assert trials[n].state == TrialState.FAIL and trials[n].user_attrs[INTERRUPTED_ATTR] is True
         assert runs[n].info.status == "KILLED" and runs[n].data.tags["hpo.state"] == "killed"
     assert sorted(t.number for t in requeue_interrupted(w.study)) == [1, 2]
+
+
+def test_second_sigint_with_bookkeeping_threads_lets_a_trial_being_told_finish(world, interrupts):
+    """Both signals come while trial 0 is being closed on a bookkeeping thread: the loop raises only
+    once that is done (trial 0 COMPLETE, its run FINISHED); abandon closes the trials still running."""
+    w = world(make_spec(concurrency=3))
+    end = w.tracker.end_trial
+
+    def end_trial(run_id, result, metric):
+        if result.number == 0:
+            for n in (1, 2):  # one at a time: two signals sent together reach Python's handler once
+                os.kill(os.getpid(), signal.SIGINT)
+                deadline = time.monotonic() + 5
+                while interrupts.guard.signals < n and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            time.sleep(0.3)  # the main thread has its KeyboardInterrupt by now, and waits for this
+        return end(run_id, result, metric)
+
+    w.tracker.end_trial = end_trial
+
+    def script(ts: TrialSpec, ex: ScriptedExecutor) -> Outcome:
+        return Outcome(complete(ts, 0.7), after=0.2) if ts.number == 0 else Outcome(after=None)
+
+    ex = ScriptedExecutor(script, max_concurrency=3, stoppable=False)
+    loop = interrupts.runner.loop = w.loop(ex, interrupts=interrupts.guard, bookkeeping=3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(target=6, done_before=0)
+    assert interrupts.guard.signals == 2
+    with interrupts.guard.closing():
+        loop.abandon()
+
+    trials, runs = {t.number: t for t in w.trials()}, w.runs()
+    assert trials[0].state == TrialState.COMPLETE and runs[0].info.status == "FINISHED"
+    # trial 3 takes trial 0's slot while trial 0 is being told (unless the signals beat its launch)
+    assert sorted(trials) in ([0, 1, 2], [0, 1, 2, 3])
+    for n in sorted(trials)[1:]:
+        assert trials[n].state == TrialState.FAIL and trials[n].user_attrs[INTERRUPTED_ATTR] is True
+        assert runs[n].info.status == "KILLED"
 
 
 # --------------------------------------------------------------------------- 7. the best tag
@@ -596,15 +695,17 @@ def test_know_complete_on_a_study_with_no_complete_trial_tags_nothing(world):
 # --------------------------------------------------------------------------- top-k checkpoints
 
 
-def test_only_the_top_k_trials_keep_their_checkpoints(world):
-    w = world(make_spec(metric="accuracy", keep=2))
+@pytest.mark.parametrize(("concurrency", "bookkeeping"), [(1, 1), (3, 4)])
+def test_only_the_top_k_trials_keep_their_checkpoints(world, concurrency, bookkeeping):
+    """Also with several trials told at once: whatever order they come back in, the kept set is the same."""
+    w = world(make_spec(metric="accuracy", keep=2, concurrency=concurrency))
 
     def script(ts: TrialSpec, ex: ScriptedExecutor) -> Outcome:
         value = [0.5, 0.8, 0.6, 0.9, 0.1][ts.number]
         folds = [{"weight": torch.full((2, 4), float(ts.number)), "bias": torch.zeros(2)} for _ in range(2)]
         return Outcome(complete(ts, value, checkpoint={"folds": folds}))
 
-    loop = w.loop(ScriptedExecutor(script))
+    loop = w.loop(ScriptedExecutor(script, max_concurrency=concurrency), bookkeeping=bookkeeping)
     loop.run(target=5, done_before=0)
 
     runs = w.runs()
@@ -612,6 +713,7 @@ def test_only_the_top_k_trials_keep_their_checkpoints(world):
                              if w.client.list_artifacts(r.info.run_id, CHECKPOINT_DIR))
     assert with_checkpoint == [1, 3]  # 0.9 and 0.8; 0.5 and 0.6 were dropped when better ones came
     assert [e[1] for e in loop.topk.entries] == [3, 1]
+    assert w.best_tagged() == [3]
     assert all(r.checkpoint is None for r in loop.results)  # the weights are not kept in the driver
     local = w.client.download_artifacts(runs[3].info.run_id, CHECKPOINT_DIR)
     blob = torch.load(next(Path(local).iterdir()), weights_only=True)
