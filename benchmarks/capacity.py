@@ -1,6 +1,6 @@
 """How many concurrent trials the service path sustains, and what gives out first (issue #20, part 4).
 
-    python -m benchmarks.capacity [--quick] [--concurrency 8,32,128] [--executor local|ray] [--epoch-s 0.25]
+    python -m benchmarks.capacity [--quick] [--concurrency 8,32,128] [--executor local|ray] [--epoch-s 0.25] [--bookkeeping N]
 
 Trials that do no training: a user objective (``OBJECTIVE`` below) whose every epoch sleeps
 ``--epoch-s`` seconds, reports a synthetic metric through ``ctx.report`` and goes on, for
@@ -165,7 +165,7 @@ def _postgres_cpu() -> float:
 
 
 def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, executor: str,
-             tracking: str = "sqlite") -> dict[str, Any]:
+             tracking: str = "sqlite", bookkeeping: int = 0) -> dict[str, Any]:
     import optuna
 
     import hpo
@@ -183,6 +183,13 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
         t.wrap(hl.SearchLoop, "_launch", keep_calls=True)
         t.wrap(hl.SearchLoop, "_finish", keep_calls=True)
         t.wrap(hl.SearchLoop, "run", "search", keep_calls=True)
+        chosen, threads = hl.bookkeeping_threads, []
+
+        def bookkeeping_threads(spec, storage_url):  # hpo's choice, or the one asked for (--bookkeeping)
+            threads.append(bookkeeping or chosen(spec, storage_url))
+            return threads[-1]
+
+        hl.bookkeeping_threads = bookkeeping_threads
         t.wrap(EpochSink, "epoch", "sink_epoch", keep_calls=True)  # in the driver's process on the local executor
         ray_cpu: dict[str, float] = {}
         if executor == "ray":  # the actors' CPU, read just before hpo ends its Ray
@@ -191,14 +198,23 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
             close, finish = hr.RayExecutor.close, hl.SearchLoop._finish
             marks: dict[str, float] = {}
 
+            def stores_cpu(into: dict[str, float]) -> None:  # the driver's and the servers', as the actors'
+                into["driver_cpu_s"] = _cpu_s()
+                if "server_port" in server:
+                    into["server_cpu_s"] = _server_cpu(server["server_port"])
+                if server.get("postgres"):
+                    into["postgres_cpu_s"] = _postgres_cpu()
+
             def close_after_reading(self, *a, **k):
                 _ray_cpu(ray_cpu)
+                stores_cpu(ray_cpu)
                 marks["end"] = time.perf_counter()
                 return close(self, *a, **k)
 
             def finish_and_mark(self, *a, **k):  # from the first finished trial on: the sink is up
                 if "start" not in marks:
                     _ray_cpu(ray_cpu0)
+                    stores_cpu(ray_cpu0)
                     marks["start"] = time.perf_counter()
                 return finish(self, *a, **k)
 
@@ -219,6 +235,7 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
             db_cpu = _postgres_cpu() - db_cpu0 if server.get("postgres") else None
         finally:
             os.chdir(here)
+            hl.bookkeeping_threads = chosen
             if executor == "ray":
                 hr.RayExecutor.close, hl.SearchLoop._finish = close, finish
                 span = marks["end"] - marks["start"]
@@ -236,7 +253,8 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
     steady = (len(ends) // 2) / (hi - lo) if hi > lo else None
     asked = len(trials) * FOLDS * epochs * epoch_s  # slot-seconds the trials asked for
     ms = lambda xs, q: None if not xs else round(1000 * C.percentile(xs, q), 2)  # noqa: E731
-    return {"concurrency": conc, "executor": executor, "tracking": tracking, "n_trials": len(trials), "wall_s": round(wall, 2),
+    return {"concurrency": conc, "executor": executor, "tracking": tracking, "bookkeeping": threads[0],
+            "n_trials": len(trials), "wall_s": round(wall, 2),
             "search_s": round(search_s, 2), "trials_per_s": round(len(trials) / search_s, 2),
             "trials_per_s_steady": None if steady is None else round(steady, 2),
             "reports_per_s": round(len(waits) / search_s, 1), "reports": len(waits),
@@ -247,7 +265,7 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
             "driver_cpu_share": round(cpu / wall, 2),
             "server_cpu_share": None if server_cpu is None else round(server_cpu / wall, 2),
             "postgres_cpu_share": None if db_cpu is None else round(db_cpu / wall, 2),
-            # on Ray: from the first finished trial to the end of the search
+            # on Ray (the driver's and the servers' too): from the first finished trial to the end of the search
             **{k.replace("_cpu_s", "_cpu_share"): round(v / span, 2) for k, v in ray_cpu.items()},
             "efficiency": round(asked / (conc * search_s), 3),
             "counts": result.counts}
@@ -261,6 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--epoch-s", type=float, default=0.25)
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
+    ap.add_argument("--bookkeeping", type=int, default=0,
+                    help="trials the driver launches and finishes at once (default: hpo's own choice)")
     ap.add_argument("--tracking", choices=("sqlite", "server", "postgres"), default="sqlite",
                     help="hpo's embedded sqlite stores, an MLflow server on sqlite, or an MLflow server and Optuna "
                          "on PostgreSQL")
@@ -271,14 +291,15 @@ def _main(args) -> dict[str, Any]:
     concs = [4] if args.quick else [int(c) for c in args.concurrency.split(",")]
     per_slot, epochs, epoch_s = (2, 2, 0.05) if args.quick else (args.trials_per_slot, args.epochs, args.epoch_s)
     mach, vers = C.machine(), C.versions()
-    rows = [run_once(c, per_slot, epochs, epoch_s, args.executor, args.tracking) for c in concs]
+    rows = [run_once(c, per_slot, epochs, epoch_s, args.executor, args.tracking, args.bookkeeping) for c in concs]
     result = {"benchmark": "capacity", "quick": args.quick, "machine": mach, "versions": vers, "epochs": epochs,
               "epoch_s": epoch_s, "trials_per_slot": per_slot, "executor": args.executor, "tracking": args.tracking,
-              "rows": rows}
+              "bookkeeping": args.bookkeeping, "rows": rows}
     C.emit(result)
     if not args.quick:
         C.RESULTS.mkdir(exist_ok=True)
-        (C.RESULTS / f"capacity_{args.executor}_{args.tracking}.json").write_text(json.dumps(result, indent=2, default=str))
+        asked = f"_b{args.bookkeeping}" if args.bookkeeping else ""
+        (C.RESULTS / f"capacity_{args.executor}_{args.tracking}{asked}.json").write_text(json.dumps(result, indent=2, default=str))
         C.write_section("capacity", render())
     return result
 
@@ -292,7 +313,8 @@ def render() -> str:
             cpu = ", ".join(f"{k.replace('_cpu_share', '')} {x[k]:.2f}" for k in
                             ("driver_cpu_share", "sink_cpu_share", "workers_cpu_share", "server_cpu_share",
                              "postgres_cpu_share") if x.get(k) is not None)
-            rows.append([f"{r['executor']} / {r['tracking']}", str(x["concurrency"]), str(x["n_trials"]),
+            rows.append([f"{r['executor']} / {r['tracking']}", str(x["concurrency"]), str(x.get("bookkeeping", 1)),
+                         str(x["n_trials"]),
                          f"{x['trials_per_s_steady']:.1f}", f"{x['reports_per_s']:.0f}",
                          f"{x['report_ms_p50']:.1f} / {x['report_ms_p99']:.0f}",
                          "—" if x.get("sink_epoch_ms_p50") is None else
@@ -311,8 +333,9 @@ def render() -> str:
         "`ctx.report` as the trial sees it, less the other fold's sleeping turn; sink = `EpochSink.epoch` in the "
         "driver (local executor); ask / tell = the driver's `_launch` (Optuna ask + MLflow child run) and "
         "`_finish` (tell + end of run + checkpoint); CPU = cores used over the search (on Ray the actors', from "
-        "the first finished trial on); efficiency = the sleep the trials asked for / (slots × search time).", "",
-        C.table(["executor / stores", "concurrent", "trials", "steady trials/s", "epoch reports/s",
+        "the first finished trial on, the driver's and the servers' too); bookkeeping threads = trials the driver launches and finishes at "
+        "once (hpo's choice unless `--bookkeeping N`); efficiency = the sleep the trials asked for / (slots × search time).", "",
+        C.table(["executor / stores", "concurrent", "bookkeeping threads", "trials", "steady trials/s", "epoch reports/s",
                  "round ms p50 / p99", "sink ms p50 / p99", "ask ms p50 / p99", "tell ms p50 / p99",
                  "CPU (cores)", "efficiency"], rows)])
 

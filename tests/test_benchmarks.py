@@ -187,13 +187,16 @@ def test_whole_process_benchmark_runs(monkeypatch):
 
 
 @pytest.mark.slow
-def test_capacity_benchmark_runs(monkeypatch):
-    """Sleeping trials through the real service path: every trial completes, every epoch report is counted."""
+@pytest.mark.parametrize(("asked", "used"), [(0, 1), (2, 2)])
+def test_capacity_benchmark_runs(monkeypatch, asked, used):
+    """Sleeping trials through the real service path: every trial completes, every epoch report is counted;
+    also with the driver's bookkeeping on 2 threads (hpo's choice here, the local executor, is 1)."""
     from benchmarks import capacity
 
     _no_md_change(monkeypatch)
     monkeypatch.setenv("CAPACITY_OUT", "")  # the benchmark sets it; put back after
-    (row,) = capacity.main(["--quick"])["rows"]
+    (row,) = capacity.main(["--quick", "--bookkeeping", str(asked)])["rows"]
+    assert row["bookkeeping"] == used
     assert row["counts"] == {"complete": row["n_trials"], "pruned": 0, "failed": 0} and row["n_trials"] == 8
     assert row["reports"] == row["n_trials"] * capacity.FOLDS * (2 - 1)  # 2 epochs on each fold, the last not timed
     assert _ok(row["trials_per_s"], 0.01) and _ok(row["efficiency"], 0.0, 1.0)
