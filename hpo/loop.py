@@ -271,11 +271,13 @@ class SearchLoop:
                 self.check_tracking()
         finally:
             self._closing = True
-            if pool is not None:
-                with self.interrupts.held():  # what was begun is finished: no trial is left half told
-                    pool.shutdown(wait=True)
-            if self.progress is not None:
-                self.progress.stop()
+            try:
+                if pool is not None:
+                    with self.interrupts.held():  # what was begun is finished: no trial is left half told
+                        pool.shutdown(wait=True)
+            finally:
+                if self.progress is not None:
+                    self.progress.stop()
 
     def _held(self) -> Any:
         """Signals wait while the block runs, on the loop's own thread (the pool's threads are waited for)."""

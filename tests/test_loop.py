@@ -615,10 +615,11 @@ def test_second_sigint_with_bookkeeping_threads_lets_a_trial_being_told_finish(w
         return Outcome(complete(ts, 0.7), after=0.2) if ts.number == 0 else Outcome(after=None)
 
     ex = ScriptedExecutor(script, max_concurrency=3, stoppable=False)
-    loop = interrupts.runner.loop = w.loop(ex, interrupts=interrupts.guard, bookkeeping=3)
+    progress = RecordingProgress()
+    loop = interrupts.runner.loop = w.loop(ex, progress=progress, interrupts=interrupts.guard, bookkeeping=3)
     with pytest.raises(KeyboardInterrupt):
         loop.run(target=6, done_before=0)
-    assert interrupts.guard.signals == 2
+    assert interrupts.guard.signals == 2 and progress.calls[-1] == ("stop",)
     with interrupts.guard.closing():
         loop.abandon()
 
