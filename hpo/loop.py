@@ -13,8 +13,9 @@ Bookkeeping (ask + open the run; tell + close the run) is one chain of round tri
 ``bookkeeping > 1`` the loop does that many trials' bookkeeping at once on threads (Optuna's
 storages and MLflow's client are safe to share between threads, as ``study.optimize(n_jobs=…)``
 does): behind a tracking server or a database the driver otherwise spends its time waiting, one
-trial after another. What must stay in order (stop rules, top-k checkpoints, the ``best`` tag,
-the results and the display) is done under one lock.
+trial after another. Optuna's ask + suggest still go one at a time (each sees the trials asked
+before it, as without threads); what must stay in order after a trial (stop rules, top-k
+checkpoints, the ``best`` tag, the results and the display) is done under one lock.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class SearchLoop:
         self.settling: dict[int, tuple[Any, str, dict[str, Any]]] = {}  # trials back, being told and closed
         self.in_flight = 0  # trials launched whose result is not back yet (at most max_concurrency)
         self._lock = threading.RLock()  # the loop's state and the ordered part of finishing a trial
+        self._asking = threading.Lock()  # Optuna's ask + suggest: CPU in this process, no gain from overlapping
         self._closing = False  # the loop is ending: bookkeeping threads launch nothing more
         self.topk = TopK(spec.tracking.keep_checkpoints, spec.direction)
         self.best_run: str | None = None
@@ -293,10 +295,11 @@ class SearchLoop:
                 with self._lock:
                     self.in_flight -= 1
                 return None
-            trial = self.study.ask()
-            with self._lock:
-                self.launching[trial.number] = (trial, None, None)
-            sampled = space.suggest(trial, spec)
+            with self._asking:  # one ask at a time: each sees the trials asked before it (a grid point runs once)
+                trial = self.study.ask()
+                with self._lock:
+                    self.launching[trial.number] = (trial, None, None)
+                sampled = space.suggest(trial, spec)
             params = space.resolve(spec, sampled)
             run_id = self.tracker.start_trial(trial.number, params, sampled, source=trial.user_attrs.get(SOURCE_ATTR))
             with self._lock:

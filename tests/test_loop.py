@@ -391,17 +391,19 @@ def test_a_bookkeeping_error_on_a_thread_ends_the_loop_with_that_error(world):
 # --------------------------------------------------------------------------- 2. the grid cap
 
 
-def test_a_grid_search_stops_at_the_grid_size(world):
+@pytest.mark.parametrize(("concurrency", "bookkeeping"), [(2, 1), (6, 4)])
+def test_a_grid_search_stops_at_the_grid_size(world, concurrency, bookkeeping):
+    """Also with several trials asked at once: each grid point still runs exactly once."""
     grid = {"lr": [0.1, 0.01, 0.001], "batch_size": [16, 32], "epochs": 1}
-    spec = make_spec(sampler="grid", n_trials=None, concurrency=2, params=grid)
+    spec = make_spec(sampler="grid", n_trials=None, concurrency=concurrency, params=grid)
     runner = StudyRunner(spec)
     assert spec.grid_size == 6
     assert (runner._target(None), runner._target(100), runner._target(4)) == (6, 6, 4)
     assert StudyRunner(make_spec(sampler="tpe", params=grid))._target(100) == 100  # only a grid caps
 
     w = world(spec)
-    ex = ScriptedExecutor(values_script({}, after=0.02), max_concurrency=2)
-    w.loop(ex).run(target=runner._target(100), done_before=0)
+    ex = ScriptedExecutor(values_script({}, after=0.02), max_concurrency=concurrency)
+    w.loop(ex, bookkeeping=bookkeeping).run(target=runner._target(100), done_before=0)
     points = [(ts.params["lr"], ts.params["batch_size"]) for ts in ex.submitted]
     assert sorted(points) == sorted((lr, bs) for lr in grid["lr"] for bs in grid["batch_size"])  # each once
     assert len(w.trials()) == 6
