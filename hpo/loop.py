@@ -52,7 +52,7 @@ def bookkeeping_threads(spec: Any, storage_url: str) -> int:
     """How many trials' bookkeeping the loop does at once for ``spec`` (Optuna at ``storage_url``).
 
     Several on Ray when a store is a server (MLflow over HTTP, Optuna on PostgreSQL/MySQL): the driver
-    trains nothing there and otherwise waits on one round trip after another (measured 1.5x the
+    trains nothing there and otherwise waits on one round trip after another (measured 1.26x the
     trials per second at 32 trials in flight). One otherwise: on the embedded sqlite stores the driver
     is busy computing, not waiting, and with the local executor the trials share its interpreter;
     neither got faster with threads (measured)."""
