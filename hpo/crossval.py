@@ -242,6 +242,9 @@ def train(spec: TrialSpec, data: Any, on_epoch: EpochCallback | None, threads: i
         else:
             meter = ResourceMeter(data.data.device, sum(len(tr) for tr, _va in data.folds))
             result = run_trial(spec, data, meter.wrap(on_epoch))
+        # the trial's seconds on the epochs' clock: started before the folds' own clock, and a concurrent trial's
+        # thread may hold the GIL between the two, so the epochs' seconds could sum past the folds' duration
+        result.duration_s = time.perf_counter() - meter.started
         result.resources = meter.finish()
     if result.state == FAILED and not log.failure and result.reason:
         log.write(f"\ntrial failed: {result.reason}\n")

@@ -53,6 +53,30 @@ def test_trials_carry_their_resource_metrics_and_the_parent_the_studys_compute(w
     assert "study/gpu_seconds" not in parent
 
 
+def test_a_trials_epoch_seconds_fall_within_its_duration_whatever_delays_its_start(monkeypatch):
+    """A pause between the meter starting and the folds starting (locally, another trial's thread holding the
+    GIL) is in the trial's duration as well as in its first epoch: one clock for both."""
+    import time
+
+    from hpo import crossval
+    from hpo.data import load_dataset
+    from hpo.folds import make_folds
+    from hpo.params import PARAMS, default_value
+    from hpo.trial import COMPLETE, TrainingSet, TrialSpec, Verdict
+
+    iris = load_dataset("iris", seed=0)
+    data = crossval.FoldData.build(TrainingSet(iris.x_train, iris.y_train, iris.n_classes,
+                                               make_folds(iris.y_train, 2, seed=0, stratified=True)), "cpu")
+    params = {**{name: default_value(name, "mlp") for name in PARAMS}, "epochs": 3, "patience": 0, "width": 8}
+    real = crossval.run_trial
+    monkeypatch.setattr(crossval, "run_trial", lambda *a, **k: time.sleep(0.05) or real(*a, **k))
+    seconds = []
+    result = crossval.train(TrialSpec(0, params, "mlp", "accuracy", "maximize", seed=0), data,
+                            lambda epoch, m: seconds.append(m["sys/epoch_seconds"]) or Verdict.GO, threads=1)
+    assert result.state == COMPLETE and len(seconds) == 3 and seconds[0] >= 0.05
+    assert sum(seconds) <= result.duration_s
+
+
 def test_study_compute_is_the_union_of_the_trials_intervals():
     from types import SimpleNamespace
 
