@@ -115,7 +115,8 @@ def stores(kind: str, workdir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     server ``server_port`` (whose process group's CPU is measured) and ``postgres``:
 
     ``sqlite`` (hpo's embedded default, both stores in ``./mlruns``), ``server`` (``mlflow server`` on sqlite,
-    Optuna on sqlite beside it), ``postgres`` (``mlflow server`` on PostgreSQL, Optuna on the same cluster)."""
+    Optuna on sqlite beside it), ``postgres`` (``mlflow server`` on PostgreSQL, Optuna on the same cluster),
+    ``journal`` (``mlflow server`` on PostgreSQL, Optuna on a journal file: ``tracking.storage: …/optuna.journal``)."""
     beside = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"  # hpo's default, in the folder the study runs in
     if kind == "sqlite":
         yield "", {"storage": beside}
@@ -131,10 +132,11 @@ def stores(kind: str, workdir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         else:
             dsn = stack.enter_context(postgres_server(workdir))
             backend = dsn
-            storage = sqlalchemy_uri(create_database(dsn, "optuna"))
+            storage = (str(workdir / "optuna.journal") if kind == "journal"
+                       else sqlalchemy_uri(create_database(dsn, "optuna")))
         url = stack.enter_context(mlflow_server(backend, workdir / "artifacts"))
         extra = f", uri: '{url}'" + (f", storage: '{storage}'" if storage != beside else "")
-        yield extra, {"storage": storage, "server_port": int(url.rsplit(":", 1)[1]), "postgres": kind == "postgres"}
+        yield extra, {"storage": storage, "server_port": int(url.rsplit(":", 1)[1]), "postgres": kind != "server"}
 
 
 def _server_cpu(port: int) -> float:
@@ -171,6 +173,7 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
     import hpo
     import hpo.loop as hl
     from hpo.epochs import EpochSink
+    from hpo.search import open_storage
 
     n_trials = conc * trials_per_slot
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t, stores(tracking, Path(tmp)) as (extra, server):
@@ -240,7 +243,7 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
                 hr.RayExecutor.close, hl.SearchLoop._finish = close, finish
                 span = marks["end"] - marks["start"]
                 ray_cpu = {k: v - ray_cpu0.get(k, 0.0) for k, v in ray_cpu.items()}
-        study = optuna.load_study(study_name=f"capacity-c{conc}", storage=server["storage"])
+        study = optuna.load_study(study_name=f"capacity-c{conc}", storage=open_storage(server["storage"]))
         trials = [tr for tr in study.trials if tr.datetime_complete is not None]
         waits = [w for p in cwd.glob("reports-*.jsonl") for line in p.read_text().splitlines() for w in json.loads(line)]
     (search_start, search_s), = t.calls["search"]
@@ -281,9 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
     ap.add_argument("--bookkeeping", type=int, default=0,
                     help="trials the driver launches and finishes at once (default: hpo's own choice)")
-    ap.add_argument("--tracking", choices=("sqlite", "server", "postgres"), default="sqlite",
-                    help="hpo's embedded sqlite stores, an MLflow server on sqlite, or an MLflow server and Optuna "
-                         "on PostgreSQL")
+    ap.add_argument("--tracking", choices=("sqlite", "server", "postgres", "journal"), default="sqlite",
+                    help="hpo's embedded sqlite stores, an MLflow server on sqlite, an MLflow server and Optuna "
+                         "on PostgreSQL, or an MLflow server on PostgreSQL and Optuna on a journal file")
     return C.run_main(ap, argv, _main)
 
 
@@ -326,7 +329,7 @@ def render() -> str:
     return "\n".join([
         "## 8. Capacity: concurrent trials through the service path", "",
         C.env_block(first["machine"], first["versions"],
-                    "python -m benchmarks.capacity --concurrency C [--executor ray] [--tracking server|postgres]"),
+                    "python -m benchmarks.capacity --concurrency C [--executor ray] [--tracking server|postgres|journal]"),
         f"Trials that sleep instead of training (`benchmarks/capacity.py`): {first['epochs']} epochs of "
         f"{first['epoch_s']} s on each of {FOLDS} folds, {first['trials_per_slot']} trials per slot, random sampler, "
         "full tracking. Steady = trials finished per second over the middle half of the completions; round = one "

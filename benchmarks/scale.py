@@ -1,6 +1,6 @@
 """The service's own cost per trial over a long study of a cheap objective (issue #5).
 
-    python -m benchmarks.scale [--quick] [--trials 1000] [--samplers tpe,random]
+    python -m benchmarks.scale [--quick] [--trials 1000] [--samplers tpe,random] [--storage sqlite|journal]
 
 A study of a cheap objective (iris, MLP, 2 folds, 2 epochs) with full tracking, one trial at a
 time, once with TPE and once with random sampling. Per trial:
@@ -11,7 +11,8 @@ time, once with TPE and once with random sampling. Per trial:
 - overhead = wall - training, broken into Optuna ask, MLflow child run start, epoch sink,
   Optuna tell + MLflow end of run (``_finish``), checkpoint handling.
 
-Also the driver's RSS after every trial and the sizes of ``mlflow.db`` / ``optuna.db``.
+Also the driver's RSS after every trial and the sizes of ``mlflow.db`` and Optuna's store: ``optuna.db``
+(hpo's default), or with ``--storage journal`` an Optuna journal file (``tracking.storage: …/optuna.journal``).
 Everything is timed by wrapping functions from outside; nothing in hpo is edited.
 """
 
@@ -82,7 +83,7 @@ class SqliteProbe:
         event.remove(Engine, "commit", self._on_commit)
 
 
-def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
+def run_study(sampler: str, n_trials: int, storage: str = "sqlite") -> dict[str, Any]:
     import optuna
 
     import hpo
@@ -94,7 +95,11 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp, C.PhaseTimer() as t, SqliteProbe() as probe:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        spec = parse_spec(SPEC.replace("SAMPLER", sampler).replace("NTRIALS", str(n_trials)))
+        optuna_file = Path(tmp) / ("optuna.journal" if storage == "journal" else "optuna.db")
+        text = SPEC.replace("SAMPLER", sampler).replace("NTRIALS", str(n_trials))
+        if storage == "journal":
+            text += f"tracking:\n  storage: {optuna_file}\n"
+        spec = parse_spec(text)
         for owner, attr, name in ((hl.SearchLoop, "_launch", "launch"), (hl.SearchLoop, "_finish", "finish"),
                                   (local, "train", "run_trial"), (EpochSink, "epoch", "sink"),
                                   (EpochSink, "end", "sink_end"),
@@ -103,7 +108,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
                                   (hl.SearchLoop, "_keep_checkpoint", "checkpoint")):
             t.wrap(owner, attr, name, keep_calls=True)
         samples: list[tuple[float, float, int, int]] = []  # (time, rss MB, mlflow.db bytes, optuna.db bytes)
-        db_m, db_o = Path(tmp) / "mlflow.db", Path(tmp) / "optuna.db"
+        db_m, db_o = Path(tmp) / "mlflow.db", optuna_file
         original_finish = hl.SearchLoop._finish
 
         def finish_and_sample(self, *a, **k):
@@ -118,7 +123,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
             wall = time.perf_counter() - t0
         finally:
             hl.SearchLoop._finish = original_finish
-        sizes = {"mlflow.db": db_m.stat().st_size, "optuna.db": db_o.stat().st_size,
+        sizes = {"mlflow.db": db_m.stat().st_size, optuna_file.name: db_o.stat().st_size,
                  "artifacts": sum(p.stat().st_size for p in (Path(tmp) / "artifacts").rglob("*") if p.is_file())}
     calls = t.calls
     launches = [s for s, _ in calls["launch"]]
@@ -156,7 +161,7 @@ def run_study(sampler: str, n_trials: int) -> dict[str, Any]:
     rss = [s[1] for s in samples]
     k10 = min(n - 1, max(9, n // 10))
     return {
-        "sampler": sampler, "sqlite": "WAL + synchronous=NORMAL (hpo's default)",
+        "sampler": sampler, "storage": storage, "sqlite": "WAL + synchronous=NORMAL (hpo's default)",
         "sql_commits_per_trial": round(probe.commits / n, 1), "n_trials": n, "wall_s": round(wall, 2), "best_cv": result.best_value,
         "test": result.test_metrics.get("accuracy"),
         "overhead_ms_at": at, "overhead_ms_max": round(over[worst], 1), "overhead_ms_max_trial": worst + 1,
@@ -177,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="30 trials per sampler")
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--samplers", default="random,tpe")
+    ap.add_argument("--storage", choices=("sqlite", "journal"), default="sqlite",
+                    help="Optuna's store: hpo's default optuna.db, or an Optuna journal file")
     ap.add_argument("--repeats", type=int, default=1, help="accepted for uniformity; a 1,000-trial study runs once")
     return C.run_main(ap, argv, _main)
 
@@ -184,10 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _main(args) -> dict[str, Any]:
     n = 30 if args.quick else args.trials
     mach, vers = C.machine(), C.versions()
-    run_study("random", 3)  # warm-up: imports and lazy paths; not measured
+    run_study("random", 3, args.storage)  # warm-up: imports and lazy paths; not measured
     studies = {}
     for s in (s for s in args.samplers.split(",") if s):
-        studies[s] = run_study(s, n)
+        studies[s] = run_study(s, n, args.storage)
         studies[s]["load_after"] = C.loadavg()
     targets = {}
     for s, r in studies.items():
@@ -199,8 +206,10 @@ def _main(args) -> dict[str, Any]:
               "studies": studies, "targets": targets}
     if not args.quick:
         C.RESULTS.mkdir(parents=True, exist_ok=True)
-        plot(result, C.RESULTS / "scale.png")
-        C.write_section("scale", render(result))
+        suffix = "" if args.storage == "sqlite" else f"_{args.storage}"
+        result["plot"] = f"benchmarks/results/scale{suffix}.png"
+        plot(result, C.ROOT / result["plot"])
+        C.write_section(f"scale{suffix}", render(result))
     printable = {**result, "studies": {k: {kk: vv for kk, vv in v.items() if kk != "series"}
                                        for k, v in studies.items()}}
     C.emit(printable)
@@ -230,12 +239,16 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 
 def render(r: dict[str, Any]) -> str:
-    lines = ["## 3. Scale: the service's own time per trial over 1,000 trials", "",
+    journal = next(iter(r["studies"].values()))["storage"] == "journal"
+    title = ("## 3b. Scale with Optuna's journal file as its storage (`tracking.storage: …/optuna.journal`)" if journal
+             else "## 3. Scale: the service's own time per trial over 1,000 trials")
+    lines = [title, "",
              C.env_block(r["machine"], r["versions"], r.get("command") or f"python -m benchmarks.scale --trials {r['n_trials']}"),
              f"iris (120 train), MLP (width 8–64, depth 1–2, dropout, lr log, batch [16, 32], adam), 2 folds, 2 epochs, "
-             f"{r['n_trials']} trials, one at a time, full tracking into a fresh sqlite store. Overhead = wall per trial "
+             f"{r['n_trials']} trials, one at a time, full tracking into a fresh sqlite store"
+             f"{' and an Optuna journal file' if journal else ''}. Overhead = wall per trial "
              "(launch to next launch) − training (run_trial minus the epoch sink calls inside it). Median over the "
-             "window before each mark (last 10% of trials, at least 5). Plot: `benchmarks/results/scale.png`.", ""]
+             f"window before each mark (last 10% of trials, at least 5). Plot: `{r.get('plot', 'benchmarks/results/scale.png')}`.", ""]
     for s, st in r["studies"].items():
         rows = []
         for m, a in st["overhead_ms_at"].items():
@@ -246,7 +259,7 @@ def render(r: dict[str, Any]) -> str:
         tg = r["targets"][s]
         lines += [f"### `{s}` ({st['sqlite']}, {st['sql_commits_per_trial']} SQL commits per trial) — total {st['wall_s']:.0f} s, best CV {st['best_cv']:.3f}, test {st['test']:.3f}", "",
                   C.table(["trial", "window", "wall ms", "training ms", "overhead ms", "ask", "child run start",
-                           "epoch sink", "tell", "end run", "checkpoint", "RSS MB", "mlflow.db / optuna.db MB"], rows),
+                           "epoch sink", "tell", "end run", "checkpoint", "RSS MB", f"mlflow.db / optuna.{'journal' if journal else 'db'} MB"], rows),
                   "",
                   f"- max overhead {st['overhead_ms_max']:.0f} ms (trial {st['overhead_ms_max_trial']}; "
                   f"{st['n_trials_over_250ms']} trials above 250 ms); p95 over the last 10%: "

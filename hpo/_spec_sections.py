@@ -94,7 +94,8 @@ class TrackingSpec(_Section):
     experiment: str | None = None
     keep_checkpoints: int = Field(1, ge=0)
     report: bool = True  # draw the report plots onto the parent run at the end (hpo report NAME draws them later)
-    # Optuna's storage (any SQLAlchemy URL); default: optuna.db beside a sqlite tracking store
+    # Optuna's storage (any SQLAlchemy URL, or a journal file: *.journal / *.log); default: optuna.db beside a
+    # sqlite tracking store
     storage: str | None = None
     # seconds a tracking server may be unreachable mid-study before the study stops (writes wait meanwhile)
     outage_timeout: float = Field(300.0, gt=0)

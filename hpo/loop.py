@@ -58,7 +58,10 @@ def bookkeeping_threads(spec: Any, storage_url: str) -> int:
     neither got faster with threads (measured)."""
     if spec.execution.executor != "ray":
         return 1
-    served = not (spec.tracking.uri.startswith("sqlite:") and storage_url.startswith("sqlite:"))
+    from hpo.journal_store import journal_path
+
+    local = storage_url.startswith("sqlite:") or journal_path(storage_url) is not None
+    served = not (spec.tracking.uri.startswith("sqlite:") and local)
     return min(BOOKKEEPING_THREADS, spec.execution.max_concurrent_trials) if served else 1
 
 

@@ -150,9 +150,15 @@ def pruner(name: str):
 
 
 def open_storage(url: str):
-    """Optuna's RDB storage at ``url``; a sqlite file in WAL mode, waiting for a busy lock instead of failing."""
+    """Optuna's storage at ``url``: a journal file (:mod:`hpo.journal_store`), or the RDB storage; a sqlite
+    file in WAL mode, waiting for a busy lock instead of failing."""
     import optuna
 
+    from hpo.journal_store import journal_path, open_journal
+
+    journal = journal_path(url)
+    if journal is not None:
+        return open_journal(journal)
     if url.startswith("sqlite:///"):
         from hpo.sqlite_store import use_wal
 

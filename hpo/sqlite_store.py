@@ -38,6 +38,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from hpo.errors import TrackingError
+from hpo.journal_store import journal_path
 
 log = logging.getLogger("hpo")
 
@@ -65,7 +66,11 @@ def absolute(uri: str, *, resolve: bool = False) -> str:
     What a relative ``sqlite:///mlruns/mlflow.db`` means is fixed when a study starts: MLflow keeps one
     SQLAlchemy engine per URI string for the life of the process, so two studies started from different
     folders under the same relative URI would otherwise share the first one's pooled connections (and
-    write into the first folder's database, or fail once it is gone)."""
+    write into the first folder's database, or fail once it is gone). An Optuna journal file's path
+    (:mod:`hpo.journal_store`) is made absolute the same way."""
+    journal = journal_path(uri)
+    if journal is not None:
+        return str(journal.resolve() if resolve else journal.absolute())
     if not uri.startswith("sqlite:///") or (uri.startswith("sqlite:////") and not resolve):
         return uri
     path, sep, query = uri[len("sqlite:///"):].partition("?")
@@ -172,10 +177,10 @@ def _check_writable(db: Path) -> None:
                          f"pass a {where} naming a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         made = "" if probe == folder else f" (to make {folder})"
-        raise StoreError(f"cannot write to the store folder {probe}{made}: permission denied. hpo keeps {db.name}, "
-                         f"its journal and a lock file there; make it writable (chmod u+w {probe}) or pass a "
+        raise StoreError(f"cannot write to the store folder {probe}{made}: permission denied. hpo keeps {db.name} "
+                         f"and its lock and journal files there; make it writable (chmod u+w {probe}) or pass a "
                          f"{where} naming a folder you can write")
-    for f in (db, *_sidecars(db), folder / ".hpo.lock"):
+    for f in (db, *_sidecars(db), db.with_name(db.name + ".lock"), folder / ".hpo.lock"):
         if f.exists() and not os.access(f, os.W_OK):
             raise StoreError(f"the store file {f} is read-only: permission denied. Make it writable "
                              f"(chmod u+w {f}) or pass a {where} naming a store you can write")
@@ -187,7 +192,7 @@ def check_writable(uri: str) -> None:
     The cheap half of :func:`check_store`, safe to call before taking :func:`store_lock` (a
     damage check there could catch another process making the store).
     """
-    db = sqlite_path(uri)
+    db = sqlite_path(uri) or journal_path(uri)
     if db is not None:
         _check_writable(db)
 
@@ -211,8 +216,17 @@ def check_store(uri: str, *, write: bool, kind: str | None = None) -> None:
     a damaged file: empty, not SQLite, truncated, failing ``PRAGMA quick_check``, or (``kind``
     ``"mlflow"`` / ``"optuna"``, readers only) without that library's tables. Creates nothing.
 
-    Raises :class:`StoreError` with the path and what to do.
+    Raises :class:`StoreError` with the path and what to do. An Optuna journal file gets the same
+    writable and exists checks (Optuna itself refuses a malformed journal when it reads it).
     """
+    journal = journal_path(uri)
+    if journal is not None:
+        if write:
+            _check_writable(journal)
+        elif not journal.is_file():
+            raise StoreError(f"no Optuna journal at {journal}: run a study with `hpo run SPEC`, or give the "
+                             "tracking.storage the study ran with")
+        return
     db = sqlite_path(uri)
     if db is None:
         return

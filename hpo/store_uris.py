@@ -1,4 +1,4 @@
-"""Rules for the MLflow tracking URI and Optuna's storage URL, checked when a spec is loaded.
+"""Rules for the MLflow tracking URI and Optuna's storage (a URL, or a journal file), checked when a spec is loaded.
 
 A bad store must stop hpo before anything is written: an in-memory sqlite database that
 loses every record at exit, MLflow's refused file store, a database whose DB-API driver
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+from hpo.journal_store import journal_path
 from hpo.redact import redact
 
 #: What MLflow 3.17's tracking store registry accepts and hpo can run a study against.
@@ -40,7 +41,8 @@ _DRIVERS: dict[str, dict[str, tuple[str, str]]] = {
 _EXAMPLES = {
     "tracking": "sqlite:///mlruns/mlflow.db, http://HOST:5000, postgresql://USER@HOST/DB, mysql://USER@HOST/DB "
                 "or databricks",
-    "storage": "sqlite:///mlruns/optuna.db, postgresql://USER@HOST/DB or mysql://USER@HOST/DB",
+    "storage": "sqlite:///mlruns/optuna.db, postgresql://USER@HOST/DB, mysql://USER@HOST/DB or an Optuna journal "
+               "file (mlruns/optuna.journal)",
 }
 
 
@@ -64,13 +66,17 @@ def _sqlite_problem(uri: str, what: str) -> str | None:
     if path in ("", ":memory:") or "memory" in parse_qs(query).get("mode", []) or path.startswith("file::memory:"):
         return memory
     db = Path(path)
-    if db.is_dir():
-        return f"{db} is a folder; name the database file inside it, e.g. sqlite:///{db / (what + '.db')}"
-    for folder in db.parents:
+    return _file_problem(db, "database", f"sqlite:///{db / (what + '.db')}")
+
+
+def _file_problem(path: Path, kind: str, example: str) -> str | None:
+    """Why a store file at ``path`` (a ``kind``: database, journal) cannot be made: a folder, or under a file."""
+    if path.is_dir():
+        return f"{path} is a folder; name the {kind} file inside it, e.g. {example}"
+    for folder in path.parents:
         if folder.exists():
             if not folder.is_dir():
-                return (f"{folder} is a file, so the folder of the database {db} cannot be created; "
-                        "choose another path")
+                return f"{folder} is a file, so the folder of the {kind} {path} cannot be created; choose another path"
             break
     return None
 
@@ -97,7 +103,11 @@ def store_uri_problem(uri: str, kind: Literal["tracking", "storage"] = "tracking
     dialect, _, driver = raw_scheme.partition("+")
     if raw_scheme in ("", "file"):
         if kind == "storage":
-            return f"must be a SQLAlchemy URL such as sqlite:///{uri if raw_scheme == '' else 'mlruns/optuna.db'} (got {shown!r})"
+            journal = journal_path(uri) if raw_scheme == "" else None
+            if journal is not None:
+                return _file_problem(journal, "journal", str(journal / "optuna.journal"))
+            return (f"must be a SQLAlchemy URL such as sqlite:///{uri if raw_scheme == '' else 'mlruns/optuna.db'}, or "
+                    f"an Optuna journal file ending in .journal or .log (got {shown!r})")
         return ("is MLflow's file store, which MLflow 3.17 refuses; use a database such as sqlite:///mlruns/mlflow.db "
                 f"(mlflow migrate-filestore moves existing runs into it) (got {shown!r})")
     if raw_scheme == "mlflow-artifacts":

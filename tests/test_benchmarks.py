@@ -60,17 +60,21 @@ def test_peers_benchmark_runs(monkeypatch):
 
 
 @pytest.mark.slow
-def test_scale_benchmark_runs(monkeypatch):
+@pytest.mark.parametrize("storage,samplers", [("sqlite", "random,tpe"), ("journal", "random")])
+def test_scale_benchmark_runs(monkeypatch, storage, samplers):
     from benchmarks import scale
 
     _no_md_change(monkeypatch)
-    r = scale.main(["--quick"])
+    r = scale.main(["--quick", "--storage", storage, "--samplers", samplers])
+    assert list(r["studies"]) == samplers.split(",")
     for key, st in r["studies"].items():
-        assert st["n_trials"] == 30, key
+        assert st["n_trials"] == 30 and st["storage"] == storage, key
         last = st["overhead_ms_at"]["30"]
         assert _ok(last["wall_ms"], 0.01) and _ok(last["train_ms"], 0.0) and math.isfinite(last["overhead_ms"])
-        assert st["sql_commits_per_trial"] > 0
+        assert st["sql_commits_per_trial"] > 0  # MLflow's, and on sqlite Optuna's too
+        optuna_file = "optuna.db" if storage == "sqlite" else "optuna.journal"
         assert _ok(st["rss_mb"]["final"], 10) and st["final_sizes_mb"]["mlflow.db"] > 0
+        assert st["final_sizes_mb"][optuna_file] > 0 and len(st["final_sizes_mb"]) == 3
         assert _ok(st["test"], 0.05, 1)
 
 

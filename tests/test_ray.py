@@ -13,6 +13,8 @@ import optuna
 import psutil
 import pytest
 from mlflow import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 import hpo
 from hpo.tracking import optuna_storage_for, store_lock
@@ -89,11 +91,19 @@ def test_study_on_local_ray_records_like_a_local_run(local_ray, write_spec, stor
 
 
 @pytest.mark.slow
-def test_pruning_on_ray_stops_trials_on_their_worker(local_ray, write_spec, store):
+def test_pruning_on_ray_stops_trials_on_their_worker(local_ray, write_spec, store, tmp_path, monkeypatch):
+    # Optuna's storage is a journal file here, named relative to the folder the study starts in (not the Ray
+    # workers' folder): the sink actor reports and asks the pruner through the same file
+    monkeypatch.chdir(tmp_path)
+    journal = tmp_path / "optuna.journal"
     text = SPEC.format(name="ray-prune", n_trials=8, pruner="median", epochs=6).replace(
-        "lr: {low: 1.0e-3, high: 3.0e-2, log: true}", "lr: {low: 1.0e-6, high: 3.0e-2, log: true}\n  optimizer: sgd")
+        "lr: {low: 1.0e-3, high: 3.0e-2, log: true}", "lr: {low: 1.0e-6, high: 3.0e-2, log: true}\n  optimizer: sgd"
+    ).replace("tracking: {report: false}", "tracking: {report: false, storage: optuna.journal}")
     result = hpo.run(write_spec(text), tracking_uri=store)
-    pruned = [t for t in trials_of("ray-prune", store) if t.state == optuna.trial.TrialState.PRUNED]
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="ray-prune", storage=storage).get_trials()
+    assert all(t.intermediate_values for t in trials)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and result.counts["pruned"] == len(pruned)
     client = MlflowClient(store)
     for t in pruned:

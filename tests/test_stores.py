@@ -10,7 +10,6 @@ without the capabilities that let root override them (``setpriv`` dropping ``CAP
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import stat
@@ -156,31 +155,6 @@ def _chmod_tree(folder: Path, writable: bool) -> None:
         mode = p.stat().st_mode
         w = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
         p.chmod(mode | stat.S_IWUSR if writable else mode & ~w)
-
-
-@pytest.fixture
-def as_user(tmp_path):
-    """Runs ``python -m hpo ARGS`` as a process that file permissions bind (see the module docstring)."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root, which ignores file permissions, and no setpriv to drop CAP_DAC_OVERRIDE")
-        prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search",
-                  "--bounding-set=-dac_override,-dac_read_search", "--"]
-        locked = tmp_path / "probe"
-        locked.mkdir(mode=0o555)
-        probe = subprocess.run([*prefix, "test", "-w", str(locked)], capture_output=True, text=True)
-        locked.rmdir()
-        if probe.returncode != 1:  # 0: still writable for it; other codes: setpriv itself failed
-            pytest.skip(f"cannot drop root's power over file permissions here (setpriv: {probe.stderr[:200]!r})")
-
-    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-        return subprocess.run([*prefix, sys.executable, "-m", "hpo", *args], cwd=cwd, capture_output=True,
-                              text=True, timeout=300, env=env)
-
-    return run
 
 
 @pytest.fixture

@@ -35,6 +35,8 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
     import optuna
 
     from hpo.errors import HpoError
+    from hpo.journal_store import journal_path
+    from hpo.search import open_storage
     from hpo.sqlite_store import StoreError, check_store, read_only_uri
     from hpo.tracking import optuna_storage_for, sqlite_path
 
@@ -54,10 +56,13 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
             write = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        rdb = optuna.storages.RDBStorage(storage if write else read_only_uri(storage), skip_table_creation=True)
-        names = optuna.get_all_study_names(rdb)
+        if journal_path(storage) is not None:  # read back from the file; written only when the caller writes
+            store = open_storage(storage)
+        else:
+            store = optuna.storages.RDBStorage(storage if write else read_only_uri(storage), skip_table_creation=True)
+        names = optuna.get_all_study_names(store)
         if name in names:
-            return optuna.load_study(study_name=name, storage=rdb)
+            return optuna.load_study(study_name=name, storage=store)
     except Exception as exc:  # checked whole above: what is left is access or a schema from another Optuna
         raise StoreError(f"cannot read the Optuna store at {db or storage} ({first_line(exc)}); check that you may "
                          "read it and its folder") from None

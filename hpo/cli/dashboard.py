@@ -38,6 +38,7 @@ def installed() -> bool:
 def main(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard until Ctrl-C."""
     from hpo.errors import HpoError
+    from hpo.journal_store import journal_path
     from hpo.spec import DEFAULT_TRACKING_URI
     from hpo.tracking import optuna_storage_for
 
@@ -52,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/studies/{study_id} "
           f"(storage {storage}; Ctrl-C to stop)", file=sys.stderr)
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        optuna_dashboard.run_server(study._storage if journal_path(storage) else storage, host=args.host,
+                                    port=args.port)
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

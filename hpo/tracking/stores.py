@@ -14,10 +14,14 @@ from hpo.sqlite_store import sqlite_path, use_wal
 
 
 def optuna_storage_for(tracking_uri: str) -> str:
-    """Optuna's storage next to the tracking store: ``optuna.db`` beside a sqlite ``mlflow.db``,
-    else ``sqlite:///mlruns/optuna.db`` in the working directory."""
+    """Optuna's storage next to the tracking store, in the folder of a sqlite ``mlflow.db`` (else ``mlruns``
+    in the working directory): ``optuna.db``, or the Optuna journal ``optuna.journal`` when only that is
+    there (a study ran with ``tracking.storage: mlruns/optuna.journal``; :mod:`hpo.journal_store`)."""
     db = sqlite_path(tracking_uri)
     folder = db.parent if db is not None else Path("mlruns")
+    journal = folder / "optuna.journal"
+    if journal.is_file() and not (folder / "optuna.db").exists():
+        return str(journal)
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
