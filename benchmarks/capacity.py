@@ -32,6 +32,7 @@ import json
 import os
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,11 +216,14 @@ def run_once(conc: int, trials_per_slot: int, epochs: int, epoch_s: float, execu
                 return close(self, *a, **k)
 
             def finish_and_mark(self, *a, **k):  # from the first finished trial on: the sink is up
-                if "start" not in marks:
-                    _ray_cpu(ray_cpu0)
-                    stores_cpu(ray_cpu0)
-                    marks["start"] = time.perf_counter()
+                with first:  # bookkeeping threads finish trials at once: read the start once
+                    if "start" not in marks:
+                        _ray_cpu(ray_cpu0)
+                        stores_cpu(ray_cpu0)
+                        marks["start"] = time.perf_counter()
                 return finish(self, *a, **k)
+
+            first = threading.Lock()
 
             ray_cpu0: dict[str, float] = {}
             hr.RayExecutor.close = close_after_reading
@@ -332,7 +336,9 @@ def render() -> str:
                     "python -m benchmarks.capacity --concurrency C [--executor ray] [--tracking server|postgres|journal]"),
         f"Trials that sleep instead of training (`benchmarks/capacity.py`): {first['epochs']} epochs of "
         f"{first['epoch_s']} s on each of {FOLDS} folds, {first['trials_per_slot']} trials per slot, random sampler, "
-        "full tracking. Steady = trials finished per second over the middle half of the completions; round = one "
+        "full tracking. Stores: sqlite = hpo's embedded default; server = an MLflow server on sqlite; postgres = an "
+        "MLflow server on PostgreSQL and Optuna on the same cluster; journal = the MLflow server on PostgreSQL and "
+        "Optuna on a journal file. Steady = trials finished per second over the middle half of the completions; round = one "
         "`ctx.report` as the trial sees it, less the other fold's sleeping turn; sink = `EpochSink.epoch` in the "
         "driver (local executor); ask / tell = the driver's `_launch` (Optuna ask + MLflow child run) and "
         "`_finish` (tell + end of run + checkpoint); CPU = cores used over the search (on Ray the actors', from "
