@@ -114,3 +114,19 @@ def test_a_journal_beside_the_tracking_store_is_where_show_compare_and_the_next_
     finally:
         for p in [tmp_path / "mlruns", *(tmp_path / "mlruns").rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
+
+
+@pytest.mark.parametrize("text", ["this is not json\n", '{"op_code": 0, "worker_id": "w"}\n'])
+def test_a_damaged_journal_is_refused_by_run_and_show_with_exit_2_and_nothing_written(write_spec, tmp_path, text):
+    from tests.conftest import run_cli
+
+    (tmp_path / "mlruns").mkdir()
+    journal = tmp_path / "mlruns" / "optuna.journal"
+    journal.write_text(text)
+    path = write_spec(STUDY.format(storage="mlruns/optuna.journal"))
+    for args in (("run", str(path)), ("show", "journaled")):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert "optuna.journal is damaged (not an Optuna journal" in out.stderr and "restore it from a backup" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "mlruns").iterdir() if not p.name.startswith(".")) == ["optuna.journal"]
+    assert journal.read_text() == text

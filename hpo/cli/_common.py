@@ -55,10 +55,10 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
         except StoreError:  # a writer that may not write Optuna's file only skips what it would set there
             write = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a journal is read back from the file (a damaged one refused there); written only when the caller writes
+    store = open_storage(storage) if journal_path(storage) is not None else None
     try:
-        if journal_path(storage) is not None:  # read back from the file; written only when the caller writes
-            store = open_storage(storage)
-        else:
+        if store is None:
             store = optuna.storages.RDBStorage(storage if write else read_only_uri(storage), skip_table_creation=True)
         names = optuna.get_all_study_names(store)
         if name in names:
