@@ -95,6 +95,10 @@ def test_a_journal_beside_the_tracking_store_is_where_show_compare_and_the_next_
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "mlruns" / "optuna.journal")))
     assert sorted(optuna.get_all_study_names(storage)) == ["journaled", "second"]
+    # a third study in an optuna.db beside it: readers look in both
+    third = STUDY.format(storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").replace("name: journaled",
+                                                                                          "name: third")
+    hpo.run(write_spec(third, "third"), tracking_uri=store)
 
     for p in [tmp_path / "mlruns", *(tmp_path / "mlruns").rglob("*")]:  # a user who may only read
         p.chmod(p.stat().st_mode & ~0o222)
@@ -105,11 +109,12 @@ def test_a_journal_beside_the_tracking_store_is_where_show_compare_and_the_next_
         doc = json.loads(show.stdout)
         trials = _study(tmp_path / "mlruns" / "optuna.journal").trials
         assert [t["params"] for t in sorted(doc["trials"], key=lambda t: t["number"])] == [t.params for t in trials]
-        compare = as_user("compare", "journaled", "second", "--tracking-uri", store, "--json", cwd=tmp_path)
+        compare = as_user("compare", "journaled", "third", "second", "--tracking-uri", store, "--json", cwd=tmp_path)
         assert compare.returncode == 0, compare.stderr[-3000:]
-        assert [s["name"] for s in json.loads(compare.stdout)] == ["journaled", "second"]
+        assert [s["name"] for s in json.loads(compare.stdout)] == ["journaled", "third", "second"]
         missing = as_user("show", "jounraled", "--tracking-uri", store, cwd=tmp_path)
         assert missing.returncode == 2 and "did you mean 'journaled'?" in missing.stderr
+        assert "studies there: third, journaled, second" in missing.stderr, missing.stderr
         assert sorted((p, p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "mlruns").rglob("*")) == before
     finally:
         for p in [tmp_path / "mlruns", *(tmp_path / "mlruns").rglob("*")]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from hpo.spec import DEFAULT_TRACKING_URI
 
@@ -27,28 +28,52 @@ def add_tracking_uri(p: argparse.ArgumentParser, *, check: bool = True) -> None:
 def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
     """Load the Optuna study ``name`` stored next to ``tracking_uri``; HpoError if there is none.
 
-    Both sqlite stores (``optuna.db`` and, when present, ``mlflow.db``) are checked first and a
-    damaged one is refused (:class:`~hpo.sqlite_store.StoreError`). The study is opened read-only
-    (nothing is created, migrated or written, and a store the user may only read works), unless
-    ``write`` and the user may write it.
+    The stores beside it are ``optuna.db`` and, when there, the journal ``optuna.journal``
+    (:func:`~hpo.tracking.optuna_storages_beside`); the study is looked for in each. Each store (and
+    ``mlflow.db``, when present) is checked first and a damaged one is refused
+    (:class:`~hpo.sqlite_store.StoreError`). The study is opened read-only (nothing is created,
+    migrated or written, and a store the user may only read works), unless ``write`` and the user
+    may write it.
     """
-    import optuna
-
     from hpo.errors import HpoError
-    from hpo.journal_store import journal_path
-    from hpo.search import open_storage
-    from hpo.sqlite_store import StoreError, check_store, read_only_uri
-    from hpo.tracking import optuna_storage_for, sqlite_path
+    from hpo.sqlite_store import check_store, sqlite_path
+    from hpo.tracking import optuna_storages_beside
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
-    storage = optuna_storage_for(uri)
-    db = sqlite_path(storage)
-    if db is not None and not (db.exists() or db.is_symlink()):
-        raise HpoError(f"no studies in {storage}: run one with `hpo run SPEC` or pass --tracking-uri")
-    check_store(storage, write=False, kind="optuna")
+    storages = optuna_storages_beside(uri)
     mlflow_db = sqlite_path(uri)
     if mlflow_db is not None and mlflow_db.exists():
         check_store(uri, write=False, kind="mlflow")
+    names: list[str] = []
+    for storage in storages:
+        study, there = _find_in(storage, name, write)
+        if study is not None:
+            return study
+        names += there
+    if not names and len(storages) == 1 and sqlite_path(storages[0]) is not None \
+            and not sqlite_path(storages[0]).exists():
+        raise HpoError(f"no studies in {storages[0]}: run one with `hpo run SPEC` or pass --tracking-uri")
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise HpoError(f"no study named {name!r} in {' or '.join(storages)}{hint}; studies there: "
+                   f"{', '.join(names) or 'none'}")
+
+
+def _find_in(storage: str, name: str, write: bool) -> tuple[Any, list[str]]:
+    """The study ``name`` in ``storage`` (or None) and the names of the studies there; a sqlite file that is
+    not there holds none."""
+    import optuna
+
+    from hpo.journal_store import journal_path
+    from hpo.search import open_storage
+    from hpo.sqlite_store import StoreError, check_store, read_only_uri, sqlite_path
+
+    db = sqlite_path(storage)
+    if db is not None and not (db.exists() or db.is_symlink()):
+        return None, []
+    check_store(storage, write=False, kind="optuna")
     if write:
         try:
             check_store(storage, write=True)
@@ -61,16 +86,10 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
         if store is None:
             store = optuna.storages.RDBStorage(storage if write else read_only_uri(storage), skip_table_creation=True)
         names = optuna.get_all_study_names(store)
-        if name in names:
-            return optuna.load_study(study_name=name, storage=store)
+        return (optuna.load_study(study_name=name, storage=store) if name in names else None), names
     except Exception as exc:  # checked whole above: what is left is access or a schema from another Optuna
         raise StoreError(f"cannot read the Optuna store at {db or storage} ({first_line(exc)}); check that you may "
                          "read it and its folder") from None
-    import difflib
-
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise HpoError(f"no study named {name!r} in {storage}{hint}; studies there: {', '.join(names) or 'none'}")
 
 
 def mlflow_client(tracking_uri: str | None, *, write: bool = False):

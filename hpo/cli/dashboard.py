@@ -38,7 +38,6 @@ def installed() -> bool:
 def main(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard until Ctrl-C."""
     from hpo.errors import HpoError
-    from hpo.journal_store import journal_path
     from hpo.spec import DEFAULT_TRACKING_URI
     from hpo.tracking import optuna_storage_for
 
@@ -46,15 +45,18 @@ def main(args: argparse.Namespace) -> int:
         raise HpoError(INSTALL_HINT)
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     study = open_study(args.name, uri)  # a clear error for an unknown name before the server starts
-    storage = optuna_storage_for(uri)
+    from optuna.storages import JournalStorage
+
+    # the store the study was found in: a journal as the storage opened, optuna.db by its URL
+    served = study._storage if isinstance(study._storage, JournalStorage) else optuna_storage_for(uri)
+    storage = served if isinstance(served, str) else "optuna.journal beside the tracking store"
     study_id = study._study_id
     import optuna_dashboard
 
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/studies/{study_id} "
           f"(storage {storage}; Ctrl-C to stop)", file=sys.stderr)
     try:
-        optuna_dashboard.run_server(study._storage if journal_path(storage) else storage, host=args.host,
-                                    port=args.port)
+        optuna_dashboard.run_server(served, host=args.host, port=args.port)
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

@@ -20,12 +20,12 @@ from hpo.redact import redact
 from hpo.sqlite_store import sqlite_path, store_lock
 from hpo.tracking.lineage import lineage_tags, study_settings
 from hpo.tracking.names import BEST_TAG, CHECKPOINT_DIR, PACKED_TAG, PARENT_TAG, ROLE_TAG, STATUS, STUDY_TAG
-from hpo.tracking.stores import check_reachable, curve_log, optuna_storage_for
+from hpo.tracking.stores import check_reachable, curve_log, optuna_storage_for, optuna_storages_beside
 from hpo.tracking.tracker import Tracker, trial_run_name
 
 __all__ = [
     "BEST_TAG", "CHECKPOINT_DIR", "PACKED_TAG", "PARENT_TAG", "ROLE_TAG", "STATUS", "STUDY_TAG", "Tracker", "check_reachable",
-    "curve_log", "lineage_tags", "optuna_storage_for", "redact", "sqlite_path", "store_lock", "study_settings",
+    "curve_log", "lineage_tags", "optuna_storage_for", "optuna_storages_beside", "redact", "sqlite_path", "store_lock", "study_settings",
     "trial_run_name",
 ]
 

@@ -25,6 +25,15 @@ def optuna_storage_for(tracking_uri: str) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
+def optuna_storages_beside(tracking_uri: str) -> list[str]:
+    """Every Optuna store next to the tracking store, the default (:func:`optuna_storage_for`) first: ``optuna.db``
+    and the journal ``optuna.journal`` when both are there (readers look for a study in each)."""
+    first = optuna_storage_for(tracking_uri)
+    db = sqlite_path(tracking_uri)
+    journal = (db.parent if db is not None else Path("mlruns")) / "optuna.journal"
+    return [first, str(journal)] if journal.is_file() and first != str(journal) else [first]
+
+
 def curve_log(uri: str, spool: str | Path | None, grace_s: float) -> Outbox:
     """An outbox of its own on the tracking store at ``uri``, for the epoch sink's curves (the Ray sink
     actor opens one in its process; spool file role ``s``)."""
