@@ -2,11 +2,11 @@
 
 A path with no URL scheme ending in ``.journal`` or ``.log`` names an Optuna journal file
 (``optuna.storages.JournalStorage`` over ``JournalFileBackend``, as Optuna's own CLI and
-optuna-dashboard open such a path). Optuna's RDB storage spends 40–90 ms of the driver's CPU on one
-trial's writes on sqlite (ask, suggests, attributes, tell: a transaction each); the journal appends the
-same operations to the file in ~14 ms (BENCHMARKS.md §3). Its writers are the driver and the epoch
-sink (a thread locally; on Ray an actor pinned to the driver's node), so a file on the driver's
-machine also serves a study whose trials run on a cluster.
+optuna-dashboard open such a path). Optuna's RDB storage on hpo's sqlite file spends ~33 ms on one
+trial's writes (ask, suggests, attributes, reports, tell: a transaction each); the journal appends the
+same operations to the file in ~9 ms (``python -m benchmarks.optuna_stores``, BENCHMARKS.md §3c).
+Its writers are the driver and the epoch sink (a thread locally; on Ray an actor pinned to the
+driver's node), so a file on the driver's machine also serves a study whose trials run on a cluster.
 
 Relative paths are taken against the folder the study starts in (made absolute once, like a
 relative ``sqlite:///`` URL), so the sink actor, whose working folder differs, writes the same file.

@@ -217,7 +217,7 @@ def check_store(uri: str, *, write: bool, kind: str | None = None) -> None:
     ``"mlflow"`` / ``"optuna"``, readers only) without that library's tables. Creates nothing.
 
     Raises :class:`StoreError` with the path and what to do. An Optuna journal file gets the same
-    writable and exists checks (Optuna itself refuses a malformed journal when it reads it).
+    writable and exists checks; a damaged one is refused when it is opened (:func:`hpo.journal_store.open_journal`).
     """
     journal = journal_path(uri)
     if journal is not None:

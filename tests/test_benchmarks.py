@@ -78,6 +78,18 @@ def test_scale_benchmark_runs(monkeypatch, storage, samplers):
         assert _ok(st["test"], 0.05, 1)
 
 
+def test_optuna_stores_benchmark_runs(monkeypatch):
+    from benchmarks import optuna_stores
+
+    _no_md_change(monkeypatch)
+    r = optuna_stores.main(["--quick"])
+    assert r["n_trials"] == 20 and set(r["summary"]) == {"memory", "journal", "sqlite"}
+    for kind, s in r["summary"].items():
+        assert _ok(s["ms_per_trial"], 0.0) and _ok(s["cpu_ms_per_trial"], 0.0), kind
+        if kind != "memory":
+            assert _ok(s["open_read_s"], 0.0) and s["file_mb"] > 0, kind
+
+
 @pytest.mark.slow
 def test_search_efficiency_benchmark_runs(monkeypatch):
     from benchmarks import search_efficiency

@@ -45,13 +45,14 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
     if mlflow_db is not None and mlflow_db.exists():
         check_store(uri, write=False, kind="mlflow")
     names: list[str] = []
+    present = False
     for storage in storages:
         study, there = _find_in(storage, name, write)
         if study is not None:
             return study
-        names += there
-    if not names and len(storages) == 1 and sqlite_path(storages[0]) is not None \
-            and not sqlite_path(storages[0]).exists():
+        present = present or there is not None
+        names += there or []
+    if not present:
         raise HpoError(f"no studies in {storages[0]}: run one with `hpo run SPEC` or pass --tracking-uri")
     import difflib
 
@@ -61,9 +62,8 @@ def open_study(name: str, tracking_uri: str | None, *, write: bool = False):
                    f"{', '.join(names) or 'none'}")
 
 
-def _find_in(storage: str, name: str, write: bool) -> tuple[Any, list[str]]:
-    """The study ``name`` in ``storage`` (or None) and the names of the studies there; a sqlite file that is
-    not there holds none."""
+def _find_in(storage: str, name: str, write: bool) -> tuple[Any, list[str] | None]:
+    """The study ``name`` in ``storage`` (or None) and the names of the studies there (None: no such file)."""
     import optuna
 
     from hpo.journal_store import journal_path
@@ -72,7 +72,7 @@ def _find_in(storage: str, name: str, write: bool) -> tuple[Any, list[str]]:
 
     db = sqlite_path(storage)
     if db is not None and not (db.exists() or db.is_symlink()):
-        return None, []
+        return None, None
     check_store(storage, write=False, kind="optuna")
     if write:
         try:
