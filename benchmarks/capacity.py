@@ -64,7 +64,7 @@ def fit_fold(params, fold, ctx):
             ctx.save(model)
         t0 = time.perf_counter()
         verdict = ctx.report(epoch, {"val_accuracy": acc})
-        # the folds take turns (hpo.objective.Lockstep): the answer comes back after the other folds' turns,
+        # the folds take turns (hpo.lockstep.Lockstep): the answer comes back after the other folds' turns,
         # which sleep; what is left is the service path's time for the round
         # (after the last epoch no turn follows: not counted)
         if epoch < params["epochs"]:

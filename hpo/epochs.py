@@ -8,7 +8,8 @@ storage, only the sink's handle.
 Each epoch's fold-mean metric goes to Optuna at once (``trial.report``: the learning curves
 of Optuna's plots and dashboard), and the pruner is asked only when the study has one. The
 MLflow curves are sent in batches: every :data:`CURVE_FLUSH_S` seconds while a trial runs
-(the MLflow UI follows a running trial with that delay) and when it ends; MLflow's cost per
+(the MLflow UI follows a running trial with that delay), and the points not sent when it ends
+go back with the trial's result to be logged in its end-of-trial write; MLflow's cost per
 ``log_batch`` call is several times its cost per metric, so one call per epoch was the
 largest bookkeeping item of a study (BENCHMARKS.md).
 """
@@ -89,6 +90,7 @@ class SinkConfig:
     pruner: str  # search.pruner
     outage_timeout: float  # tracking.outage_timeout
     spool: str | None = None  # the study's outbox spool folder
+    flush_s: float = CURVE_FLUSH_S  # seconds between curve batches of a running trial
 
 
 class EpochSink:
@@ -123,7 +125,7 @@ class EpochSink:
         study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage_url),
                                   pruner=pruner(config.pruner))
         outbox = curve_log(config.tracking_uri, config.spool, config.outage_timeout)
-        return cls(outbox, study, config.key)
+        return cls(outbox, study, config.key, flush_s=config.flush_s)
 
     def _trial(self, number: int):
         import optuna
@@ -192,17 +194,15 @@ class EpochSink:
         frozen = first_objective(storage.get_trial(trial._trial_id))
         return Verdict.PRUNE if self.study.pruner.prune(view, frozen) else Verdict.GO
 
-    def end(self, number: int, run_id: str | None) -> None:
-        """Trial ``number`` stopped (finished, pruned or failed): send the curves it has not sent yet.
-
-        Never raises: the trial's result stands when only its last curve points cannot be logged."""
-        if run_id:
-            try:
-                self._send(run_id)
-            except Exception as exc:
-                log.warning("trial %d: its last epochs could not be logged to MLflow: %s", number, exc)
-            with self._lock:
-                self._sent_at.pop(run_id, None)
+    def end(self, number: int, run_id: str | None) -> list[tuple[str, float, int, int]]:
+        """Trial ``number`` stopped (finished, pruned or failed): returns the curve points it has not
+        sent yet, for the caller to log with the trial's end metrics in one MLflow write
+        (:attr:`~hpo.trial.TrialResult.curves`, :meth:`~hpo.tracking.Tracker.end_trial`)."""
+        if not run_id:
+            return []
+        with self._lock:
+            self._sent_at.pop(run_id, None)
+            return self._curves.pop(run_id, [])
 
     def _send(self, run_id: str) -> None:
         with self._lock:

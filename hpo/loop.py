@@ -341,6 +341,7 @@ class SearchLoop:
                     if self.on_best is not None:
                         self.on_best(result)
             result.checkpoint = None  # weights are on disk now (or not needed); keep driver memory flat
+            result.curves = []  # logged with the trial's end
             self.results.append(result)
             self.settling.pop(trial.number, None)
             if self.progress is not None:

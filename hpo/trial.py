@@ -85,6 +85,8 @@ class TrialResult:
     log: str = ""  # what it printed and logged, ending with a failure's traceback (logs/trial.log)
     resources: dict[str, float] = field(default_factory=dict)  # sys/* totals, measured where it ran (hpo.resources)
     feasible: bool | None = None  # whether it meets search.constraints (None: the study has none, or it failed)
+    # curve points (key, value, ms timestamp, epoch) the epoch sink had not sent yet: logged with the end metrics
+    curves: list[tuple[str, float, int, int]] = field(default_factory=list)
 
     @property
     def std(self) -> float:

@@ -98,6 +98,11 @@ class Stores:
         """Every trial's Optuna intermediate values as stored now: {number: {epoch: value}}."""
         return {t.number: dict(t.intermediate_values) for t in self.study.get_trials(deepcopy=False)}
 
+    def ended(self, spec: TrialSpec, result: TrialResult) -> TrialResult:
+        """Close the trial's run as the study does: the end metrics with the curve points the sink gave back."""
+        self.tracker.end_trial(spec.run_id, result, spec.metric)
+        return result
+
     def history(self, run_id: str, key: str = "val_accuracy") -> list[Any]:
         """The MLflow metric history of ``key`` in ``run_id``, in step order."""
         return sorted(self.tracker.client.get_metric_history(run_id, key), key=lambda m: m.step)
@@ -209,8 +214,10 @@ class ExecutorContract:
         assert result.state == COMPLETE
         curve = stores.curves()[spec.number]
         assert sorted(curve) == list(range(1, epochs + 1))
-        # the sink sends curves every CURVE_FLUSH_S seconds and at a trial's end: a whole curve
-        # in MLflow as soon as the result is back means the end reached the sink before it
+        # the sink sends curves every CURVE_FLUSH_S seconds and gives the rest back at a trial's end,
+        # with its result: the whole curve with the end metrics' write means the end came after every epoch
+        assert sorted({e for k, _v, _ts, e in result.curves if k == "val_accuracy"}) == list(range(1, epochs + 1))
+        stores.ended(spec, result)
         history = stores.history(spec.run_id)
         assert [m.step for m in history] == list(range(1, epochs + 1))
         assert [m.value for m in history] == pytest.approx([curve[e] for e in range(1, epochs + 1)])
@@ -247,6 +254,7 @@ class ExecutorContract:
             assert 1 <= result.epochs_trained < LONG_EPOCHS
             # no epoch after the one the stop answered: the curve ends where the trial did
             assert sorted(curves[spec.number]) == list(range(1, result.epochs_trained + 1))
+            stores.ended(spec, result)
             assert [m.step for m in stores.history(spec.run_id)] == list(range(1, result.epochs_trained + 1))
 
     # ------------------------------------------------------------------ 5: concurrency
@@ -303,7 +311,8 @@ class ExecutorContract:
         for key, value in HTTP_ENV.items():  # the sink sets these in its process: restore them after the test
             monkeypatch.setenv(key, os.environ.get(key, value))
         gone = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request is refused
-        ex = fresh(dataclasses.replace(stores.config, tracking_uri=gone, outage_timeout=OUTAGE_GRACE_S))
+        # flush_s=0: the sink sends every epoch's curves (a trial's last ones go back with its result)
+        ex = fresh(dataclasses.replace(stores.config, tracking_uri=gone, outage_timeout=OUTAGE_GRACE_S, flush_s=0))
         # the first trial's curves cannot be sent: they wait in the outbox, the result stands
         assert result_of(ex.submit(stores.spec(epochs=2))).state == COMPLETE
         eventually(lambda: ex.tracking_lost(wait_s=1.0), f"tracking_lost() after {OUTAGE_GRACE_S}s without the server")

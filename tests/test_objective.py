@@ -19,7 +19,8 @@ import pytest
 import hpo
 from hpo.data import load_dataset
 from hpo.folds import make_folds
-from hpo.objective import Lockstep, folds_of, run_objective_refit, run_objective_trial
+from hpo.lockstep import Lockstep
+from hpo.objective import folds_of, run_objective_refit, run_objective_trial
 from hpo.trial import COMPLETE, FAILED, KILLED, PRUNED, TrialSpec, Verdict
 from hpo.usercode import load_target
 

@@ -62,7 +62,7 @@ class LocalExecutor:
         self.sink.begin(spec.number, spec.run_id)
         result = train(spec, self.fold_data, lambda e, m: self.sink.epoch(spec.number, spec.run_id, e, m), self.threads)
         result.worker = self.where
-        self.sink.end(spec.number, spec.run_id)
+        result.curves = self.sink.end(spec.number, spec.run_id)
         return result
 
     def submit(self, spec: TrialSpec) -> Future[TrialResult]:

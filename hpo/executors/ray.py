@@ -94,7 +94,7 @@ class TrialWorker:
         result = train(spec, self.fold_data, on_epoch, self.threads)
         result.worker = self.where
         result.attempts = ray.get(attempt_ref) + 1
-        ray.get(self.sink.end.remote(spec.number, spec.run_id))  # after every epoch: one caller, in order
+        result.curves = ray.get(self.sink.end.remote(spec.number, spec.run_id))  # after every epoch: one caller, in order
         return result
 
 
@@ -244,9 +244,9 @@ class EpochSinkActor:
         """See :meth:`EpochSink.epoch`."""
         return self.sink.epoch(number, run_id, epoch, metrics)
 
-    def end(self, number: int, run_id: str | None) -> None:
+    def end(self, number: int, run_id: str | None) -> list[tuple[str, float, int, int]]:
         """See :meth:`EpochSink.end`."""
-        self.sink.end(number, run_id)
+        return self.sink.end(number, run_id)
 
     def stop(self) -> None:
         """See :meth:`EpochSink.stop`."""

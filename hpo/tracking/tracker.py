@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpo.epochs import MAX_BATCH_METRICS
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
@@ -239,7 +240,8 @@ class Tracker:
         return run_id
 
     def end_trial(self, run_id: str, result: Any, metric: str) -> None:
-        """Final CV metrics, state and duration of a trial; closes its run."""
+        """Final CV metrics, state and duration of a trial, and the last curve points its epoch sink
+        had not sent (``result.curves``); closes its run."""
         ts = int(time.time() * 1000)
         metrics = trial_metrics(metric, result)
         tags = {STATE_TAG: result.state, ATTEMPTS_TAG: str(result.attempts)}
@@ -253,7 +255,13 @@ class Tracker:
             tags[PACKED_TAG] = result.packed[:5000]
         if result.feasible is not None:
             tags[FEASIBLE_TAG] = str(result.feasible).lower()
-        self.out.log_batch(run_id, metrics=[(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
+        # the curve points the epoch sink had not sent go in the same write (MLflow: 1,000 entities a batch)
+        points = [*result.curves, *((k, float(v), ts, 0) for k, v in metrics.items())]
+        room = MAX_BATCH_METRICS - len(tags)
+        while len(points) > room:
+            self.out.log_batch(run_id, metrics=points[:room])
+            points = points[room:]
+        self.out.log_batch(run_id, metrics=points, tags=tags)
         if result.log:
             self.out.log_text(run_id, result.log, TRIAL_LOG)
         self.out.set_terminated(run_id, status=STATUS[result.state])
