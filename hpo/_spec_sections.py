@@ -99,6 +99,8 @@ class TrackingSpec(_Section):
     storage: str | None = None
     # seconds a tracking server may be unreachable mid-study before the study stops (writes wait meanwhile)
     outage_timeout: float = Field(300.0, gt=0)
+    # seconds between the MLflow curve batches of a running trial (0: every epoch); the rest goes with its end
+    curve_flush_s: float = Field(5.0, ge=0)
     registered_model: str | None = None  # the registry's model name the refit model is registered as; default: name
     alias: str | None = None  # set on every newly registered version (e.g. challenger)
     promote: PromoteSpec | None = None  # move an alias (champion) to the new version only when its test metric wins

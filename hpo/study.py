@@ -155,7 +155,7 @@ class StudyRunner:
                                                       parent_id=known_parent)
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_id)
 
-        self.sink = self.tracker.epoch_sink(self.study, spec.curve_key)
+        self.sink = self.tracker.epoch_sink(self.study, spec.curve_key, spec.tracking.curve_flush_s)
         self.executor = self._executor(TrainingSet(ds.x_train, ds.y_train, ds.n_classes, folds,
                                                    standardize=spec.data.standardize,
                                                    objective=spec.model if spec.is_objective else None))
@@ -182,7 +182,8 @@ class StudyRunner:
         spec = self.spec
         config = SinkConfig(tracking_uri=spec.tracking.uri, storage_url=self.storage_url, study_name=spec.name,
                             key=spec.curve_key, pruner=spec.search.pruner,
-                            outage_timeout=spec.tracking.outage_timeout, spool=str(self.tracker.spool))
+                            outage_timeout=spec.tracking.outage_timeout, spool=str(self.tracker.spool),
+                            flush_s=spec.tracking.curve_flush_s)
         executor, self._started_ray = make_executor(spec, training, sink=self.sink, sink_config=config,
                                                     device=self.device, code_dirs=self._code_dirs())
         return executor

@@ -77,7 +77,7 @@ def test_the_pruner_is_asked_only_when_the_study_has_one(parts):
 
 
 def test_a_short_trial_writes_its_run_in_two_batches_the_last_curves_with_its_end(write_spec, store, monkeypatch):
-    """A trial shorter than the flush interval: one ``log_batch`` with its parameters as it starts, one
+    """A trial shorter than ``tracking.curve_flush_s``: one ``log_batch`` with its parameters as it starts, one
     with its whole curves, end metrics and state as it ends (not a third for the curves alone)."""
     import hpo
     from hpo.outbox import Outbox
@@ -98,6 +98,7 @@ def test_a_short_trial_writes_its_run_in_two_batches_the_last_curves_with_its_en
         search: {sampler: random, n_trials: 3, seed: 0}
         cv: {folds: 2}
         params: {lr: 0.05, width: 8, epochs: 4}
+        tracking: {curve_flush_s: 3600}  # longer than any trial, however loaded the machine
     """)
     result = hpo.run(spec, tracking_uri=store)
     client = MlflowClient(store)
@@ -111,6 +112,19 @@ def test_a_short_trial_writes_its_run_in_two_batches_the_last_curves_with_its_en
         assert {e for k, _v, _ts, e in end["metrics"] if k == "val_accuracy"} == {1, 2, 3, 4}
         assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "fold1/train_loss"),
                                        key=lambda m: m.step)] == [1, 2, 3, 4]
+
+    # tracking.curve_flush_s: 0 sends every epoch as it comes; the end then holds no curve point
+    batches.clear()
+    every = write_spec(spec.read_text().replace("name: writes", "name: writes-every-epoch")
+                       .replace("curve_flush_s: 3600", "curve_flush_s: 0"), "every")
+    hpo.run(every, tracking_uri=store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`hpo.role` = 'trial' and tags.`hpo.study` = 'writes-every-epoch'")
+    assert len(runs) == 3
+    for run in runs:
+        sent = batches[run.info.run_id]
+        assert [sorted({e for k, _v, _ts, e in b["metrics"] if k == "val_accuracy"}) for b in sent] == \
+            [[], [1], [2], [3], [4], []]
 
 
 def test_more_unsent_points_than_one_batch_holds_are_split_and_all_logged(store):

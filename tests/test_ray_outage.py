@@ -26,10 +26,11 @@ from tests.test_outage import Relay, server  # noqa: F401 - server is a fixture
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-# long trials (3000 epochs of iris, their folds one after another: 9 s on an idle 2-core machine, 1000 epochs
-# ended before the outage did), cheap to refit: the sink actor first writes a trial's curve 5 s after it began
-# (the sink's CURVE_FLUSH_S) and gives up outage_timeout later (~8 s in); the trials must still be running
-# then. The resume packs their folds (execution may change on --resume), which re-runs them faster
+# long trials (2000 epochs of iris, their folds one after another: about 6 s on an idle 2-core machine), cheap
+# to refit: the sink actor first writes a trial's curve half a second after it began (tracking.curve_flush_s),
+# meets the outage (a refused write takes about a second) and gives up outage_timeout later (~3.5 s in); the
+# trials must still be running then. The resume packs their folds (execution may change on --resume), which
+# re-runs them faster
 SPEC = """\
 name: {name}
 data: {{dataset: iris}}
@@ -42,7 +43,7 @@ params:
   depth: 1
   batch_size: 128
   epochs: {epochs}
-tracking: {{uri: {uri}, report: false, outage_timeout: {grace}}}
+tracking: {{uri: {uri}, report: false, outage_timeout: {grace}, curve_flush_s: 0.5}}
 execution: {{executor: ray, max_concurrent_trials: 2, cpus_per_trial: 1, max_retries: 0, pack_folds: {pack}}}
 """
 
@@ -117,9 +118,9 @@ def test_a_long_outage_on_ray_interrupts_the_running_trials_and_resume_reruns_th
     import hpo
 
     relay = Relay(int(server.rsplit(":", 1)[1]))
-    name, n, epochs = "ray-outage", 2, 3000
+    name, n, epochs = "ray-outage", 2, 2000
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(name=name, n=n, epochs=epochs, uri=relay.url, grace=3, pack="false"))
+    spec.write_text(SPEC.format(name=name, n=n, epochs=epochs, uri=relay.url, grace=2, pack="false"))
     at_cut: list[tuple[int, str, int]] = []
 
     def cut_when_both_train() -> None:
@@ -160,7 +161,7 @@ def test_a_long_outage_on_ray_interrupts_the_running_trials_and_resume_reruns_th
         assert sorted(children) == list(range(n)) and "RUNNING" not in {r.info.status for r in children.values()}, \
             _describe(server, tmp_path, name)
 
-        spec.write_text(SPEC.format(name=name, n=n, epochs=epochs, uri=relay.url, grace=3, pack="true"))
+        spec.write_text(SPEC.format(name=name, n=n, epochs=epochs, uri=relay.url, grace=2, pack="true"))
         resumed = hpo.run(spec, resume=True)
         assert not resumed.tracking_lost and not resumed.interrupted, (resumed, _describe(server, tmp_path, name))
         # no pruner: nothing may end PRUNED; the re-run trials complete and the best one is refit

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpo.epochs import MAX_BATCH_METRICS
+from hpo.epochs import CURVE_FLUSH_S, MAX_BATCH_METRICS, EpochSink
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
@@ -266,12 +266,10 @@ class Tracker:
             self.out.log_text(run_id, result.log, TRIAL_LOG)
         self.out.set_terminated(run_id, status=STATUS[result.state])
 
-    def epoch_sink(self, study: Any, key: str) -> Any:
+    def epoch_sink(self, study: Any, key: str, flush_s: float = CURVE_FLUSH_S) -> Any:
         """The :class:`~hpo.epochs.EpochSink` of this study's trials in this process (it logs their
-        curves through this tracker's outbox)."""
-        from hpo.epochs import EpochSink
-
-        return EpochSink(self.out, study, key)
+        curves through this tracker's outbox, a batch every ``flush_s`` seconds of a running trial)."""
+        return EpochSink(self.out, study, key, flush_s=flush_s)
 
     # ------------------------------------------------------------------ artifacts
 
