@@ -141,3 +141,21 @@ def test_more_unsent_points_than_one_batch_holds_are_split_and_all_logged(store)
                                        key=lambda m: m.step)] == list(range(1, 501))
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["hpo.state"] == "complete"
+
+
+def test_curve_points_mlflow_refuses_leave_the_trials_end_logged(store, caplog):
+    """A user objective's curve key MLflow does not accept ("acc (%)"): the trial's end metrics and state are
+    still logged and its run closed, with a warning naming what was refused."""
+    from hpo.trial import TrialResult
+
+    tracker = Tracker(store, "exp", "s")
+    tracker.parent_id = tracker.out.create_run(tracker.experiment_id, "s", {})
+    run_id = tracker.start_trial(0, {"lr": 0.1}, {"lr": 0.1})
+    result = TrialResult(number=0, state="complete", value=0.5, fold_values=[0.5], fold_best_epochs=[1],
+                         curves=[("acc (%)", 50.0, 1_000, 1)])
+    with caplog.at_level("WARNING", logger="hpo"):
+        tracker.end_trial(run_id, result, "accuracy")
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["hpo.state"] == "complete"
+    assert run.data.metrics["cv_accuracy_mean"] == 0.5 and "acc (%)" not in run.data.metrics
+    assert "trial 0: its last curve points could not be logged" in caplog.text and "acc (%)" in caplog.text

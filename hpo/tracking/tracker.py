@@ -255,16 +255,26 @@ class Tracker:
             tags[PACKED_TAG] = result.packed[:5000]
         if result.feasible is not None:
             tags[FEASIBLE_TAG] = str(result.feasible).lower()
-        # the curve points the epoch sink had not sent go in the same write (MLflow: 1,000 entities a batch)
-        points = [*result.curves, *((k, float(v), ts, 0) for k, v in metrics.items())]
+        end = [(k, float(v), ts, 0) for k, v in metrics.items()]
+        try:
+            self._log_end(run_id, [*result.curves, *end], tags)
+        except Exception as exc:  # the trial's result stands when only its last curve points are refused
+            if not result.curves:
+                raise
+            log.warning("trial %d: its last curve points could not be logged to MLflow (%s); its end metrics "
+                        "are logged without them", result.number, exc)
+            self.out.log_batch(run_id, metrics=end, tags=tags)
+        if result.log:
+            self.out.log_text(run_id, result.log, TRIAL_LOG)
+        self.out.set_terminated(run_id, status=STATUS[result.state])
+
+    def _log_end(self, run_id: str, points: list[tuple[str, float, int, int]], tags: dict[str, str]) -> None:
+        """``points`` and ``tags`` in as few ``log_batch`` calls as MLflow allows (1,000 entities a batch)."""
         room = MAX_BATCH_METRICS - len(tags)
         while len(points) > room:
             self.out.log_batch(run_id, metrics=points[:room])
             points = points[room:]
         self.out.log_batch(run_id, metrics=points, tags=tags)
-        if result.log:
-            self.out.log_text(run_id, result.log, TRIAL_LOG)
-        self.out.set_terminated(run_id, status=STATUS[result.state])
 
     def epoch_sink(self, study: Any, key: str, flush_s: float = CURVE_FLUSH_S) -> Any:
         """The :class:`~hpo.epochs.EpochSink` of this study's trials in this process (it logs their
