@@ -15,6 +15,8 @@ Worker side: imports torch (for the device and the saved weights), never Optuna,
 from __future__ import annotations
 
 import math
+import posixpath
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +66,24 @@ class Fold:
     n_classes: int
 
 
+_METRIC_NAME = re.compile(r"^[/\w.\- :]*$")  # MLflow's rule (mlflow.utils.validation), without importing it here
+MAX_METRIC_NAME = 250 - len("fold99/")  # MLflow keys are at most 250 characters; hpo prefixes a fold's curves
+
+
+def metric_name_problem(name: Any) -> str | None:
+    """Why MLflow would refuse ``name`` as a curve key (once hpo prefixes ``fold<k>/``), or None."""
+    if not isinstance(name, str) or not name:
+        return "is not a non-empty string"
+    if not _METRIC_NAME.match(name):
+        return "may only hold letters, digits, underscores, dashes, periods, spaces, colons and slashes"
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(("..", "/")):
+        return "must be a plain path (no leading, trailing or double '/', no '.' or '..' parts)"
+    if len(name) > MAX_METRIC_NAME:
+        return f"is longer than {MAX_METRIC_NAME} characters"
+    return None
+
+
 @dataclass
 class TrialContext:
     """What a user objective gets besides its params and fold: where to train and how to talk back.
@@ -87,10 +107,16 @@ class TrialContext:
     best_value: float | None = None
     best_epoch: int = 0
     reported: list[int] = field(default_factory=list)
+    _named: set[str] = field(default_factory=set)  # metric names reported and found valid
 
     def report(self, epoch: int, metrics: dict[str, float]) -> Verdict:
         """Report this fold's ``metrics`` after ``epoch`` (1, 2, ...): curves to MLflow, the fold mean to
         the pruner. Returns :data:`hpo.GO`, or ``PRUNE``/``STOP``: then return (the trial is over)."""
+        for name in metrics.keys() - self._named:
+            why = metric_name_problem(name)
+            if why:
+                raise ValueError(f"ctx.report: the metric name {name!r} {why}, so MLflow would refuse it; rename it")
+            self._named.add(name)
         value = metrics.get(self.metric)
         if value is not None and is_better(float(value), self.best_value, self.direction):
             self.best_value, self.best_epoch = float(value), int(epoch)

@@ -125,6 +125,9 @@ FAILS = {
     "no_metric": ("return {'loss': 1.0}", "fold 1: fit returned ['loss'], not a dict with 'val_acc'"),
     "nan": ("return {'val_acc': float('nan')}", "fold 1: val_acc is nan"),
     "no_save": ("return {'val_acc': 0.5}", "fold 1: the objective never called ctx.save(model)"),
+    "bad_name": ("ctx.report(4, {'val_acc': 0.5, 'acc (%)': 50.0})",
+                 "fold 1: ValueError: ctx.report: the metric name 'acc (%)' may only hold letters, digits, underscores, "
+                 "dashes, periods, spaces, colons and slashes, so MLflow would refuse it; rename it"),
 }
 
 
@@ -249,3 +252,19 @@ def test_a_refit_that_saves_nothing_says_so() -> None:
     with pytest.raises(ValueError, match=r"never called ctx.save\(model\) in the refit"):
         run_objective_refit({}, lambda p, f, c: {"val_acc": 1.0}, ds.x_train, ds.y_train, ds.n_classes, epochs=None,
                             seed=0, direction="maximize", metric="val_acc")
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("val_acc", True), ("val/acc", True), ("loss: train-1.5", True), ("x" * 243, True),
+    ("acc (%)", False), ("", False), ("a//b", False), ("../x", False), ("/x", False), ("x/", False), ("x" * 244, False),
+])
+def test_metric_names_are_checked_against_mlflows_rule_with_the_fold_prefix(name: str, ok: bool) -> None:
+    from mlflow.entities import Metric
+    from mlflow.utils.validation import _validate_metric
+
+    from hpo.objective import metric_name_problem
+
+    assert (metric_name_problem(name) is None) is ok
+    if ok:  # what hpo lets through, MLflow takes, with the longest fold prefix
+        _validate_metric(f"fold99/{name}", 1.0, 0, 1)
+        assert Metric(f"fold99/{name}", 1.0, 0, 1).key
