@@ -28,7 +28,6 @@ from hpo.trial import Verdict
 log = logging.getLogger("hpo")
 
 CURVE_FLUSH_S = 5.0  # seconds between MLflow curve batches of a running trial
-MAX_BATCH_METRICS = 1000  # MLflow's limit on metrics per log_batch call
 
 
 def has_pruner(study: Any) -> bool:
@@ -208,8 +207,7 @@ class EpochSink:
         with self._lock:
             batch = self._curves.pop(run_id, [])
             self._sent_at[run_id] = time.monotonic()
-        for i in range(0, len(batch), MAX_BATCH_METRICS):
-            self.outbox.log_batch(run_id, metrics=batch[i:i + MAX_BATCH_METRICS])
+        self.outbox.log_batches(run_id, batch)
 
     def stop(self) -> None:
         """From now on every trial is told to stop after its current epoch."""

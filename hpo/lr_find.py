@@ -200,7 +200,7 @@ def log_run(test: RangeTest, spec: Spec, png: Path, *, tracking_uri: str, min_lr
 
     from mlflow.entities import Metric, Param
 
-    from hpo.epochs import MAX_BATCH_METRICS
+    from hpo.outbox import MAX_BATCH_METRICS
     from hpo.tracking import Tracker
     from hpo.tracking.lineage import lineage_tags
     from hpo.tracking.names import LR_FIND_PLOT, LR_FIND_ROLE, ROLE_TAG, STUDY_TAG, lr_find_metrics

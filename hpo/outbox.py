@@ -48,6 +48,7 @@ log = logging.getLogger("hpo")
 PENDING = "pending-"
 DEFAULT_GRACE_S = 300.0
 DEFAULT_RETRY_S = 5.0
+MAX_BATCH_METRICS = 1000  # MLflow's limit on entities (metrics + params + tags) per log_batch call
 
 def _has_pending(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(PENDING)
@@ -123,6 +124,16 @@ class Outbox:
         """Metrics as ``(key, value, timestamp_ms, step)``, params and tags as mappings."""
         self._submit({"op": "log_batch", "run": run_id, "metrics": [list(m) for m in metrics],
                       "params": dict(params or {}), "tags": dict(tags or {})})
+
+    def log_batches(self, run_id: str, metrics: list[tuple[str, float, int, int]],
+                    tags: dict[str, str] | None = None) -> None:
+        """``metrics`` (and ``tags``, with the last of them) in as few ``log_batch`` calls as MLflow allows."""
+        room = MAX_BATCH_METRICS - len(tags or {})
+        while len(metrics) > room:
+            self.log_batch(run_id, metrics=metrics[:room])
+            metrics = metrics[room:]
+        if metrics or tags:
+            self.log_batch(run_id, metrics=metrics, tags=tags)
 
     def set_terminated(self, run_id: str, status: str) -> None:
         """Close a run with ``status`` (FINISHED, FAILED, KILLED)."""

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpo.epochs import CURVE_FLUSH_S, MAX_BATCH_METRICS, EpochSink
+from hpo.epochs import CURVE_FLUSH_S, EpochSink
 from hpo.errors import TrackingError
 from hpo.outbox import Outbox, apply_http_defaults, spool_dir
 from hpo.redact import redact
@@ -257,7 +257,7 @@ class Tracker:
             tags[FEASIBLE_TAG] = str(result.feasible).lower()
         end = [(k, float(v), ts, 0) for k, v in metrics.items()]
         try:
-            self._log_end(run_id, [*result.curves, *end], tags)
+            self.out.log_batches(run_id, [*result.curves, *end], tags)
         except Exception as exc:  # the trial's result stands when only its last curve points are refused
             if not result.curves:
                 raise
@@ -267,14 +267,6 @@ class Tracker:
         if result.log:
             self.out.log_text(run_id, result.log, TRIAL_LOG)
         self.out.set_terminated(run_id, status=STATUS[result.state])
-
-    def _log_end(self, run_id: str, points: list[tuple[str, float, int, int]], tags: dict[str, str]) -> None:
-        """``points`` and ``tags`` in as few ``log_batch`` calls as MLflow allows (1,000 entities a batch)."""
-        room = MAX_BATCH_METRICS - len(tags)
-        while len(points) > room:
-            self.out.log_batch(run_id, metrics=points[:room])
-            points = points[room:]
-        self.out.log_batch(run_id, metrics=points, tags=tags)
 
     def epoch_sink(self, study: Any, key: str, flush_s: float = CURVE_FLUSH_S) -> Any:
         """The :class:`~hpo.epochs.EpochSink` of this study's trials in this process (it logs their
